@@ -1,0 +1,87 @@
+//! Benchmark workloads: the same work, shapes and field names as
+//! `../shared/peers/torch_peer.py`, so results compare as ratios on one machine.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use oneiro_models::{CharLstm, Vocabulary};
+use oneiro_tensor_ops::{RmsProp, RmsPropConfig};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::Result;
+use crate::text_data::CharCorpus;
+use crate::text_generate::CharGenerator;
+
+const VOCAB: usize = 57;
+const MAXLEN: usize = 60;
+const BATCH: usize = 128;
+const HIDDEN: usize = 128;
+
+fn timed(mut f: impl FnMut() -> Result<()>, warmup: usize, steps: usize) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        f()?;
+    }
+    Ok(t0.elapsed().as_secs_f64() / steps as f64)
+}
+
+/// One training step of the book's text model (batch 128, maxlen 60, vocab 57, LSTM 128,
+/// RMSprop lr 0.01). Returns seconds per batch.
+pub fn text_train(device: &Device, steps: usize) -> Result<f64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let model = CharLstm::new_random(VOCAB, HIDDEN, &mut rng, device)?;
+    let mut opt = RmsProp::new(model.vars(), RmsPropConfig { learning_rate: 0.01, ..Default::default() })?;
+    let ids: Vec<u32> = (0..BATCH * MAXLEN).map(|_| rng.random_range(0..VOCAB as u32)).collect();
+    let targets: Vec<u32> = (0..BATCH).map(|_| rng.random_range(0..VOCAB as u32)).collect();
+    let x = Tensor::from_vec(ids, (BATCH, MAXLEN), device)?;
+    let y = Tensor::from_vec(targets, BATCH, device)?;
+    timed(
+        || {
+            let loss = candle_nn::loss::cross_entropy(&model.forward(&x, true)?, &y)?;
+            opt.step(&loss.backward()?)?;
+            // Like the peers, a step ends when its numbers are ready.
+            loss.to_scalar::<f32>()?;
+            Ok(())
+        },
+        3,
+        steps,
+    )
+}
+
+/// The book's generation loop for `chars` characters at temperature 0.5 from a random
+/// 60-character window. Returns seconds per character.
+pub fn text_generate(device: &Device, chars: usize) -> Result<f64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let vocab = Vocabulary::from_chars((0..VOCAB as u32).map(|i| char::from_u32(0x41 + i).unwrap()).collect());
+    let model = CharLstm::new_random(VOCAB, HIDDEN, &mut rng, device)?;
+    let generator = CharGenerator::new(model, vocab, MAXLEN, false)?;
+    let seed: Vec<u32> = (0..MAXLEN).map(|_| rng.random_range(0..VOCAB as u32)).collect();
+    let per_run = timed(
+        || {
+            generator.generate(&seed, 0.5, chars, &mut rng, &mut |_| true)?;
+            Ok(())
+        },
+        1,
+        3,
+    )?;
+    Ok(per_run / chars as f64)
+}
+
+/// Prepares a corpus file the way training does; returns (characters, windows, peak
+/// resident memory in bytes of this process so far, if the OS tells).
+pub fn text_prepare(text: &str) -> Result<(usize, usize, Option<u64>)> {
+    let corpus = CharCorpus::prepare(text, &Default::default(), None)?;
+    Ok((corpus.ids.len(), corpus.window_count(), peak_rss_bytes()))
+}
+
+/// Peak resident set size (Linux `VmHWM`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,0 +1,64 @@
+//! Typed progress events of a training run. The trainer produces them; sinks (the gRPC
+//! stream, the CLI's progress bar, logs) consume them.
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TrainEvent {
+    Started {
+        model: String,
+        device: String,
+        first_epoch: u32,
+        epochs: u32,
+        steps_per_epoch: u32,
+        train_sequences: u64,
+        validation_sequences: u64,
+        vocab_size: u32,
+    },
+    Batch {
+        epoch: u32,
+        step: u32,
+        steps_per_epoch: u32,
+        loss: f32,
+        sequences_per_second: f32,
+    },
+    EpochEnd {
+        epoch: u32,
+        loss: f32,
+        val_loss: Option<f32>,
+        seconds: f32,
+    },
+    Sample {
+        epoch: u32,
+        temperature: f32,
+        seed_text: String,
+        text: String,
+    },
+    Checkpoint {
+        epoch: u32,
+        checkpoint: String,
+    },
+    Finished {
+        epochs_trained: u32,
+        final_loss: f32,
+        seconds: f32,
+    },
+}
+
+/// Returned by a sink that wants the run to stop (its client went away).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop(pub String);
+
+/// Where a run sends its events. `Batch` events may be dropped by a sink that is
+/// behind; the others must be delivered or the sink must return `Stop`.
+pub trait EventSink {
+    fn send(&mut self, event: TrainEvent) -> Result<(), Stop>;
+    /// Polled once per step: `Some` stops the run at this step.
+    fn should_stop(&mut self) -> Option<Stop> {
+        None
+    }
+}
+
+impl<F: FnMut(TrainEvent) -> Result<(), Stop>> EventSink for F {
+    fn send(&mut self, event: TrainEvent) -> Result<(), Stop> {
+        self(event)
+    }
+}

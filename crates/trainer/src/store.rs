@@ -1,0 +1,342 @@
+//! Models on disk.
+//!
+//! ```text
+//! <state>/models/<name>/model.json                          description (the commit point)
+//! <state>/models/<name>/checkpoints/<id>/weights.safetensors
+//! <state>/models/<name>/checkpoints/<id>/optimizer.safetensors
+//! ```
+//! A checkpoint directory is written under a temporary name, synced and renamed into
+//! place; only then is `model.json` (written to a temporary file, synced, renamed)
+//! pointed at it. A crash at any point leaves the previous description and the
+//! checkpoint it names intact. The newest two checkpoints are kept.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use candle_core::{Device, Tensor};
+use oneiro_models::{CharLstmConfig, Vocabulary};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+const FORMAT: u32 = 1;
+const KEEP_CHECKPOINTS: usize = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    CharLstm,
+}
+
+/// RMSprop settings and progress, saved so a continued training resumes exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerRecord {
+    pub learning_rate: f64,
+    pub rho: f64,
+    pub epsilon: f64,
+    pub iterations: u64,
+}
+
+/// A model's description, `model.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    pub format: u32,
+    pub name: String,
+    pub kind: ModelKind,
+    pub char_lstm: CharLstmConfig,
+    /// The sorted vocabulary, once trained.
+    pub vocab: Option<Vec<char>>,
+    pub epochs_trained: u32,
+    pub loss_history: Vec<f32>,
+    pub val_loss_history: Vec<f32>,
+    pub optimizer: Option<OptimizerRecord>,
+    /// Seed of init, shuffling and samples, fixed at the first training.
+    pub seed: Option<u64>,
+    /// A window of the training corpus, the default seed of generation.
+    pub seed_text: Option<String>,
+    pub parameters: u64,
+    /// The current checkpoint's directory name.
+    pub checkpoint: Option<String>,
+    pub updated_unix: i64,
+    /// Increases with every save; lets caches notice a newer checkpoint.
+    pub revision: u64,
+}
+
+impl ModelRecord {
+    pub fn new_char_lstm(name: &str, config: CharLstmConfig) -> Self {
+        Self {
+            format: FORMAT,
+            name: name.to_string(),
+            kind: ModelKind::CharLstm,
+            char_lstm: config,
+            vocab: None,
+            epochs_trained: 0,
+            loss_history: vec![],
+            val_loss_history: vec![],
+            optimizer: None,
+            seed: None,
+            seed_text: None,
+            parameters: 0,
+            checkpoint: None,
+            updated_unix: 0,
+            revision: 0,
+        }
+    }
+
+    pub fn vocabulary(&self) -> Option<Vocabulary> {
+        self.vocab.clone().map(Vocabulary::from_chars)
+    }
+}
+
+/// Model names become directory names: keep them to a portable, traversal-free set.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid model name {name:?}: use 1-64 characters of A-Z a-z 0-9 . _ - , not starting with '.'"
+        )))
+    }
+}
+
+pub struct ModelStore {
+    root: PathBuf,
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("file inside a directory");
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl ModelStore {
+    /// Opens (creating if needed) the store under `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Self> {
+        let root = state_dir.join("models");
+        fs::create_dir_all(&root)?;
+        Ok(Self { root })
+    }
+
+    fn dir(&self, name: &str) -> Result<PathBuf> {
+        validate_name(name)?;
+        Ok(self.root.join(name))
+    }
+
+    pub fn exists(&self, name: &str) -> Result<bool> {
+        Ok(self.dir(name)?.join("model.json").is_file())
+    }
+
+    pub fn create(&self, record: &ModelRecord) -> Result<()> {
+        let dir = self.dir(&record.name)?;
+        if dir.join("model.json").is_file() {
+            return Err(Error::AlreadyExists(format!("model {:?} already exists", record.name)));
+        }
+        record.char_lstm.validate().map_err(Error::InvalidArgument)?;
+        fs::create_dir_all(dir.join("checkpoints"))?;
+        self.write_record(record)
+    }
+
+    fn write_record(&self, record: &ModelRecord) -> Result<()> {
+        let json = serde_json::to_vec_pretty(record).expect("records serialize");
+        write_atomic(&self.dir(&record.name)?.join("model.json"), &json)
+    }
+
+    pub fn load(&self, name: &str) -> Result<ModelRecord> {
+        let path = self.dir(name)?.join("model.json");
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(format!("no model named {name:?}")));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let record: ModelRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+        if record.format != FORMAT {
+            return Err(Error::Corrupt(format!("{}: unknown format {}", path.display(), record.format)));
+        }
+        Ok(record)
+    }
+
+    /// Every readable model, sorted by name. Unreadable ones are logged and skipped so
+    /// one damaged directory does not hide the rest.
+    pub fn list(&self) -> Result<Vec<ModelRecord>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.root)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if validate_name(&name).is_err() {
+                continue;
+            }
+            match self.load(&name) {
+                Ok(r) => out.push(r),
+                Err(Error::NotFound(_)) => {}
+                Err(e) => tracing::warn!(model = %name, error = %e, "skipping unreadable model"),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub fn delete(&self, name: &str) -> Result<()> {
+        let dir = self.dir(name)?;
+        if !dir.join("model.json").is_file() {
+            return Err(Error::NotFound(format!("no model named {name:?}")));
+        }
+        // Remove the description first: a crash halfway leaves no half-listed model.
+        fs::remove_file(dir.join("model.json"))?;
+        fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    /// Writes a new checkpoint and commits `record` pointing at it (updating its
+    /// checkpoint id, revision and time). Returns the checkpoint id.
+    pub fn save_checkpoint(
+        &self,
+        record: &mut ModelRecord,
+        weights: &[(String, Tensor)],
+        optimizer: &[(String, Tensor)],
+    ) -> Result<String> {
+        let ckpts = self.dir(&record.name)?.join("checkpoints");
+        fs::create_dir_all(&ckpts)?;
+        let revision = record.revision + 1;
+        let id = format!("{revision:06}-epoch{:04}", record.epochs_trained);
+        let tmp = ckpts.join(format!(".tmp-{id}"));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir_all(&tmp)?;
+        for (file, tensors) in [("weights.safetensors", weights), ("optimizer.safetensors", optimizer)] {
+            let map: HashMap<String, Tensor> = tensors.iter().cloned().collect();
+            let path = tmp.join(file);
+            candle_core::safetensors::save(&map, &path)?;
+            fs::File::open(&path)?.sync_all()?;
+        }
+        sync_dir(&tmp)?;
+        let final_dir = ckpts.join(&id);
+        if final_dir.exists() {
+            fs::remove_dir_all(&final_dir)?;
+        }
+        fs::rename(&tmp, &final_dir)?;
+        sync_dir(&ckpts)?;
+
+        let mut next = record.clone();
+        next.checkpoint = Some(id.clone());
+        next.revision = revision;
+        next.updated_unix = now_unix();
+        self.write_record(&next)?;
+        *record = next;
+        self.prune(&ckpts)?;
+        Ok(id)
+    }
+
+    fn prune(&self, ckpts: &Path) -> Result<()> {
+        let mut ids: Vec<String> = fs::read_dir(ckpts)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        ids.sort();
+        let excess = ids.len().saturating_sub(KEEP_CHECKPOINTS);
+        for old in &ids[..excess] {
+            fs::remove_dir_all(ckpts.join(old))?;
+        }
+        Ok(())
+    }
+
+    /// Loads the current checkpoint's weights and optimizer tensors onto `device`.
+    pub fn load_checkpoint(
+        &self,
+        record: &ModelRecord,
+        device: &Device,
+    ) -> Result<(HashMap<String, Tensor>, HashMap<String, Tensor>)> {
+        let Some(id) = &record.checkpoint else {
+            return Err(Error::FailedPrecondition(format!("model {:?} has not been trained yet", record.name)));
+        };
+        let dir = self.dir(&record.name)?.join("checkpoints").join(id);
+        let load = |file: &str| -> Result<HashMap<String, Tensor>> {
+            let path = dir.join(file);
+            candle_core::safetensors::load(&path, device)
+                .map_err(|e| Error::Corrupt(format!("cannot read {}: {e}", path.display())))
+        };
+        Ok((load("weights.safetensors")?, load("optimizer.safetensors")?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_escape_the_state_directory() {
+        for bad in ["", "../x", "a/b", ".hidden", "x\0", "a b", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["my-model", "v1.2_final", "A"] {
+            validate_name(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn checkpoints_commit_atomically_and_old_ones_are_pruned() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let store = ModelStore::open(tmp.path())?;
+        let mut rec = ModelRecord::new_char_lstm("m", CharLstmConfig::default());
+        store.create(&rec)?;
+        assert!(matches!(store.create(&rec), Err(Error::AlreadyExists(_))));
+        assert!(matches!(store.load_checkpoint(&rec, &Device::Cpu), Err(Error::FailedPrecondition(_))));
+        for epoch in 1..=3u32 {
+            rec.epochs_trained = epoch;
+            let w = vec![("w".to_string(), Tensor::new(&[epoch as f32], &Device::Cpu)?)];
+            store.save_checkpoint(&mut rec, &w, &[])?;
+        }
+        let loaded = store.load("m")?;
+        assert_eq!(loaded, rec);
+        let (w, _) = store.load_checkpoint(&loaded, &Device::Cpu)?;
+        assert_eq!(w["w"].to_vec1::<f32>()?, vec![3.0]);
+        let kept = fs::read_dir(tmp.path().join("models/m/checkpoints"))?.count();
+        assert_eq!(kept, 2);
+        assert_eq!(store.list()?.len(), 1);
+        store.delete("m")?;
+        assert!(matches!(store.load("m"), Err(Error::NotFound(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn a_truncated_checkpoint_is_reported_as_corrupt() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let store = ModelStore::open(tmp.path())?;
+        let mut rec = ModelRecord::new_char_lstm("m", CharLstmConfig::default());
+        store.create(&rec)?;
+        let w = vec![("w".to_string(), Tensor::zeros(100, candle_core::DType::F32, &Device::Cpu)?)];
+        let id = store.save_checkpoint(&mut rec, &w, &[])?;
+        let path = tmp.path().join("models/m/checkpoints").join(id).join("weights.safetensors");
+        let bytes = fs::read(&path)?;
+        fs::write(&path, &bytes[..bytes.len() / 2])?;
+        let err = store.load_checkpoint(&rec, &Device::Cpu).unwrap_err();
+        assert!(matches!(err, Error::Corrupt(_)) && err.to_string().contains("weights.safetensors"), "{err}");
+        Ok(())
+    }
+}
