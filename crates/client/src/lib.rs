@@ -1,1 +1,102 @@
-//! placeholder
+//! Client library for the Oneiro daemon: a thin, typed wrapper over the generated gRPC
+//! client (`oneiro.v1`), usable against a local or remote `oneirod`.
+
+use oneiro_proto::v1::oneiro_client::OneiroClient;
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint};
+
+pub use oneiro_proto::v1 as pb;
+
+#[cfg(feature = "cli")]
+pub mod corpus;
+
+/// Largest message sent or received (a training corpus travels in one request).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid endpoint {0:?}: {1}")]
+    Endpoint(String, String),
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, String),
+    #[error(transparent)]
+    Status(#[from] tonic::Status),
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Client {
+    inner: OneiroClient<Channel>,
+}
+
+impl Client {
+    /// Connects to `endpoint`, e.g. `http://127.0.0.1:50051`.
+    pub async fn connect(endpoint: &str) -> Result<Self> {
+        let ep = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| ClientError::Endpoint(endpoint.into(), e.to_string()))?;
+        let channel = ep.connect().await.map_err(|e| ClientError::Connect(endpoint.into(), source_chain(&e)))?;
+        let inner = OneiroClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Self { inner })
+    }
+
+    /// The generated client, for calls this wrapper does not cover.
+    pub fn raw(&mut self) -> &mut OneiroClient<Channel> {
+        &mut self.inner
+    }
+
+    pub async fn info(&mut self) -> Result<pb::InfoResponse> {
+        Ok(self.inner.info(pb::InfoRequest {}).await?.into_inner())
+    }
+
+    pub async fn create_model(&mut self, req: pb::CreateModelRequest) -> Result<pb::ModelInfo> {
+        Ok(self.inner.create_model(req).await?.into_inner())
+    }
+
+    pub async fn list_models(&mut self) -> Result<Vec<pb::ModelInfo>> {
+        Ok(self.inner.list_models(pb::ListModelsRequest {}).await?.into_inner().models)
+    }
+
+    pub async fn describe_model(&mut self, name: &str) -> Result<pb::ModelInfo> {
+        Ok(self.inner.describe_model(pb::DescribeModelRequest { name: name.into() }).await?.into_inner())
+    }
+
+    pub async fn delete_model(&mut self, name: &str) -> Result<()> {
+        self.inner.delete_model(pb::DeleteModelRequest { name: name.into() }).await?;
+        Ok(())
+    }
+
+    /// Starts a training and returns its event stream.
+    pub async fn train(&mut self, req: pb::TrainRequest) -> Result<Streaming<pb::TrainEvent>> {
+        Ok(self.inner.train(req).await?.into_inner())
+    }
+
+    /// Starts a generation and returns its stream of text chunks.
+    pub async fn generate(&mut self, req: pb::GenerateRequest) -> Result<Streaming<pb::GenerateChunk>> {
+        Ok(self.inner.generate(req).await?.into_inner())
+    }
+
+    /// Generates and collects the whole text.
+    pub async fn generate_text(&mut self, req: pb::GenerateRequest) -> Result<String> {
+        let mut stream = self.generate(req).await?;
+        let mut out = String::new();
+        while let Some(chunk) = stream.message().await? {
+            out.push_str(&chunk.text);
+        }
+        Ok(out)
+    }
+}
+
+/// "transport error: tcp connect error: Connection refused" rather than the first link.
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,1 +1,17 @@
-//! placeholder
+//! The Oneiro daemon: a tonic gRPC server in front of one worker thread per device.
+//!
+//! Heavy tensor work never runs on tokio's threads: RPC handlers validate the request,
+//! then hand a job (with a bounded reply channel) to the device's worker over a bounded
+//! queue, and stream what the worker sends back.
+
+pub mod config;
+pub mod convert;
+pub mod device;
+pub mod error;
+pub mod server;
+pub mod service;
+pub mod worker;
+
+pub use config::DaemonConfig;
+pub use error::ServiceError;
+pub use server::{RunningDaemon, serve, spawn};

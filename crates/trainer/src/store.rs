@@ -45,6 +45,8 @@ pub struct OptimizerRecord {
 pub struct ModelRecord {
     pub format: u32,
     pub name: String,
+    /// Random at creation: tells a re-created model from an earlier one of the same name.
+    pub uid: u64,
     pub kind: ModelKind,
     pub char_lstm: CharLstmConfig,
     /// The sorted vocabulary, once trained.
@@ -70,6 +72,7 @@ impl ModelRecord {
         Self {
             format: FORMAT,
             name: name.to_string(),
+            uid: rand::random(),
             kind: ModelKind::CharLstm,
             char_lstm: config,
             vocab: None,

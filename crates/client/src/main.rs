@@ -1,0 +1,393 @@
+//! `oneiro`: the command-line client. With `--endpoint` it drives a (possibly remote)
+//! `oneirod`; without, it starts the same engine in-process on a loopback port and
+//! drives that, so one command needs no second process.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use oneiro_client::{Client, corpus, pb};
+use oneiro_daemon::DaemonConfig;
+use oneiro_daemon::device::DeviceSpec;
+
+#[derive(Parser, Debug)]
+#[command(name = "oneiro", version, about = "Train and sample generative models with the Oneiro engine")]
+struct Cli {
+    /// Daemon to talk to, e.g. http://gpu-box:50051. Without it the engine runs
+    /// in-process on this machine.
+    #[arg(long, global = true, env = "ONEIRO_ENDPOINT")]
+    endpoint: Option<String>,
+    /// State directory of the in-process engine [default: $ONEIRO_HOME, else the
+    /// per-user data directory, the same one `oneirod` uses].
+    #[arg(long, global = true, env = "ONEIRO_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Device of the in-process engine: cpu, cuda:N or auto.
+    #[arg(long, global = true, env = "ONEIRO_DEVICE", default_value = "auto")]
+    device: DeviceSpec,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Character-level LSTM text generation.
+    #[command(subcommand)]
+    Text(TextCommand),
+    /// The daemon's version, device and limits.
+    Info,
+    /// Benchmarks, timed like ../shared/peers (one JSON line each).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TextCommand {
+    /// Train a model (created on first use) and print samples after every epoch.
+    Train(TrainArgs),
+    /// Generate text; characters are printed as they are drawn.
+    Generate(GenerateArgs),
+    /// List the models.
+    List,
+    /// Show one model.
+    Describe { name: String },
+    /// Delete a model and its checkpoints.
+    Delete { name: String },
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// Model name (1-64 characters of A-Z a-z 0-9 . _ -).
+    #[arg(long)]
+    model: String,
+    /// UTF-8 text file to train on [default: the book's Nietzsche corpus, downloaded once].
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// A corpus file on the daemon's machine instead of one sent from here.
+    #[arg(long, conflicts_with = "corpus")]
+    server_corpus: Option<String>,
+    /// Never download the default corpus.
+    #[arg(long, env = "ONEIRO_OFFLINE")]
+    offline: bool,
+    #[arg(long, default_value_t = 1)]
+    epochs: u32,
+    #[arg(long, default_value_t = 128)]
+    batch_size: u32,
+    /// RMSprop learning rate [default: the model's, else 0.01].
+    #[arg(long)]
+    learning_rate: Option<f32>,
+    /// Fraction of windows held out to report a validation loss.
+    #[arg(long, default_value_t = 0.0)]
+    validation_split: f32,
+    /// Seed of initialisation, shuffling and samples [default: the model's, else random].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Temperatures of the per-epoch samples.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0.2f32, 0.5, 1.0, 1.2])]
+    temperatures: Vec<f32>,
+    /// Characters per sample.
+    #[arg(long, default_value_t = 400)]
+    sample_length: u32,
+    /// Skip the per-epoch samples.
+    #[arg(long)]
+    no_samples: bool,
+    /// Window length, for a new model [60].
+    #[arg(long)]
+    maxlen: Option<u32>,
+    /// Window stride, for a new model [3].
+    #[arg(long)]
+    step: Option<u32>,
+    /// LSTM units, for a new model [128].
+    #[arg(long)]
+    hidden: Option<u32>,
+    /// Keep the corpus' case, for a new model (the book lower-cases).
+    #[arg(long)]
+    keep_case: bool,
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    #[arg(long)]
+    model: String,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
+    temperature: f32,
+    /// Characters to generate.
+    #[arg(long, default_value_t = 400)]
+    length: u32,
+    /// Text to continue [default: a window of the training corpus].
+    #[arg(long, default_value = "")]
+    seed_text: String,
+    /// RNG seed, for reproducible output.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// One training step of the book's text model (batch 128, maxlen 60, LSTM 128).
+    TextTrain(BenchArgs),
+    /// The book's generation loop (400 characters, 60-character windows).
+    TextGenerate(BenchArgs),
+    /// Corpus preparation: characters, windows and peak memory.
+    TextPrepare {
+        #[arg(long)]
+        corpus: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// CPU threads (the peers use 2).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Timed steps (text-train: batches; text-generate: characters) [30 / 400].
+    #[arg(long)]
+    steps: Option<usize>,
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", describe(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// A gRPC status as its message and code; anything else with its causes.
+fn describe(e: &anyhow::Error) -> String {
+    let status = e
+        .downcast_ref::<oneiro_client::ClientError>()
+        .and_then(|c| match c {
+            oneiro_client::ClientError::Status(s) => Some(s),
+            _ => None,
+        })
+        .or_else(|| e.downcast_ref::<tonic::Status>());
+    match status {
+        Some(s) => format!("{} ({:?})", s.message(), s.code()),
+        None => format!("{e:#}"),
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Command::Bench(b) = &cli.command {
+        return bench(b, cli.device);
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    // Without an endpoint: the engine in-process, on a loopback port only we know.
+    let (endpoint, embedded) = match &cli.endpoint {
+        Some(e) => (e.clone(), None),
+        None => {
+            let mut config = DaemonConfig::new(cli.state_dir.clone().unwrap_or_else(oneiro_daemon::config::default_state_dir));
+            config.device = cli.device;
+            let d = oneiro_daemon::spawn(config, ([127, 0, 0, 1], 0).into()).await?;
+            (d.endpoint(), Some(d))
+        }
+    };
+    let mut client = Client::connect(&endpoint).await?;
+    let result = match cli.command {
+        Command::Text(t) => text(&mut client, t).await,
+        Command::Info => {
+            let i = client.info().await?;
+            let l = i.limits.unwrap_or_default();
+            println!("oneirod {} on {} ({})", i.version, i.device, i.dtype);
+            println!(
+                "limits: generate ≤ {} chars, request ≤ {} bytes, corpus ≤ {} bytes",
+                l.max_generate_length, l.max_request_bytes, l.max_corpus_bytes
+            );
+            Ok(())
+        }
+        Command::Bench(_) => unreachable!("handled before the runtime starts"),
+    };
+    drop(client);
+    if let Some(d) = embedded {
+        d.shutdown().await?;
+    }
+    result
+}
+
+async fn text(client: &mut Client, cmd: TextCommand) -> Result<()> {
+    match cmd {
+        TextCommand::Train(a) => train(client, a).await,
+        TextCommand::Generate(a) => {
+            let mut stream = client
+                .generate(pb::GenerateRequest {
+                    model: a.model,
+                    seed_text: a.seed_text,
+                    temperature: Some(a.temperature),
+                    length: a.length,
+                    seed: a.seed,
+                })
+                .await?;
+            let mut out = std::io::stdout().lock();
+            while let Some(chunk) = stream.message().await? {
+                if !chunk.seed_text.is_empty() {
+                    eprintln!("seed: {:?}", chunk.seed_text);
+                }
+                out.write_all(chunk.text.as_bytes())?;
+                out.flush()?;
+            }
+            writeln!(out)?;
+            Ok(())
+        }
+        TextCommand::List => {
+            let models = client.list_models().await?;
+            if models.is_empty() {
+                println!("no models yet: `oneiro text train --model NAME` creates one");
+            }
+            for m in models {
+                let loss = m.loss_history.last().map_or("-".to_string(), |l| format!("{l:.4}"));
+                println!("{:<24} epochs {:>4}  loss {:>8}  vocab {:>4}  params {}", m.name, m.epochs_trained, loss, m.vocab_size, m.parameters);
+            }
+            Ok(())
+        }
+        TextCommand::Describe { name } => {
+            let m = client.describe_model(&name).await?;
+            println!("{m:#?}");
+            Ok(())
+        }
+        TextCommand::Delete { name } => {
+            client.delete_model(&name).await?;
+            println!("deleted {name}");
+            Ok(())
+        }
+    }
+}
+
+async fn train(client: &mut Client, a: TrainArgs) -> Result<()> {
+    let source = match (&a.corpus, &a.server_corpus) {
+        (_, Some(p)) => pb::text_corpus::Source::ServerPath(p.clone()),
+        (Some(path), None) => pb::text_corpus::Source::Text(read_corpus(path)?),
+        (None, None) => {
+            let path = corpus::nietzsche(&corpus::cache_dir(), a.offline)?;
+            pb::text_corpus::Source::Text(read_corpus(&path)?)
+        }
+    };
+    let req = pb::TrainRequest {
+        model: a.model.clone(),
+        create_if_missing: true,
+        create_config: Some(pb::train_request::CreateConfig::CharLstm(pb::CharLstmConfig {
+            maxlen: a.maxlen.unwrap_or(0),
+            step: a.step.unwrap_or(0),
+            hidden: a.hidden.unwrap_or(0),
+            lowercase: a.keep_case.then_some(false),
+        })),
+        options: Some(pb::TrainOptions {
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            learning_rate: a.learning_rate,
+            validation_split: a.validation_split,
+            seed: a.seed,
+            sample_temperatures: a.temperatures,
+            sample_length: a.sample_length,
+            no_samples: a.no_samples,
+        }),
+        data: Some(pb::train_request::Data::Text(pb::TextCorpus { source: Some(source) })),
+    };
+    let mut stream = client.train(req).await?;
+    let mut bar: Option<ProgressBar> = None;
+    let mut total_epochs = 0;
+    let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+        .expect("valid template")
+        .progress_chars("=> ");
+    use pb::train_event::Event;
+    while let Some(ev) = stream.message().await? {
+        match ev.event {
+            Some(Event::Started(s)) => {
+                total_epochs = s.first_epoch + s.epochs - 1;
+                eprintln!(
+                    "training {} on {}: {} sequences ({} held out), vocabulary {}, {} steps per epoch",
+                    s.model, s.device, s.train_sequences, s.validation_sequences, s.vocab_size, s.steps_per_epoch
+                );
+            }
+            Some(Event::Batch(b)) => {
+                let pb_ = bar.get_or_insert_with(|| {
+                    let p = ProgressBar::new(b.steps_per_epoch as u64).with_style(style.clone());
+                    p.set_prefix(format!("{}/{}", b.epoch, total_epochs));
+                    p.enable_steady_tick(Duration::from_millis(200));
+                    p
+                });
+                pb_.set_position(b.step as u64);
+                pb_.set_message(format!("loss {:.4}  {:.0} seq/s", b.loss, b.sequences_per_second));
+            }
+            Some(Event::EpochEnd(e)) => {
+                if let Some(p) = bar.take() {
+                    p.finish_and_clear();
+                }
+                let val = e.val_loss.map(|v| format!("  val_loss {v:.4}")).unwrap_or_default();
+                println!("epoch {}/{}  loss {:.4}{}  ({:.1}s)", e.epoch, total_epochs, e.loss, val, e.seconds);
+            }
+            Some(Event::Sample(s)) => {
+                println!("--- temperature {}: \"{}\"", s.temperature, s.seed_text);
+                println!("{}{}\n", s.seed_text, s.text);
+            }
+            Some(Event::Checkpoint(c)) => tracing::info!(checkpoint = %c.checkpoint, "checkpoint written"),
+            Some(Event::Finished(f)) => {
+                println!("done: {} epochs trained, final loss {:.4} ({:.1}s)", f.epochs_trained, f.final_loss, f.seconds);
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+fn read_corpus(path: &std::path::Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read corpus {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!("corpus {} is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())
+    })
+}
+
+fn bench(cmd: &BenchCommand, device: DeviceSpec) -> Result<()> {
+    use oneiro_trainer::bench;
+    let dev = device.open().map_err(anyhow::Error::msg)?;
+    let threads = match cmd {
+        BenchCommand::TextTrain(a) | BenchCommand::TextGenerate(a) => a.threads,
+        BenchCommand::TextPrepare { .. } => 1,
+    };
+    if threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    // candle sizes its own thread use from the same variable as rayon; set both before
+    // any thread exists.
+    // SAFETY: single-threaded at this point (no runtime, no pool started yet).
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
+    let device = oneiro_trainer::text_train::device_name(&dev);
+    let version = env!("CARGO_PKG_VERSION");
+    let line = match cmd {
+        BenchCommand::TextTrain(a) => {
+            let s = bench::text_train(&dev, a.steps.unwrap_or(30))?;
+            serde_json::json!({"workload": "text-train", "seconds_per_batch": s, "sequences_per_s": 128.0 / s,
+                "peer": "oneiro", "version": version, "threads": threads, "device": device})
+        }
+        BenchCommand::TextGenerate(a) => {
+            let s = bench::text_generate(&dev, a.steps.unwrap_or(400))?;
+            serde_json::json!({"workload": "text-generate", "seconds_per_char": s, "chars_per_s": 1.0 / s,
+                "peer": "oneiro", "version": version, "threads": threads, "device": device})
+        }
+        BenchCommand::TextPrepare { corpus } => {
+            let text = read_corpus(corpus)?;
+            let (chars, windows, peak) = bench::text_prepare(&text)?;
+            serde_json::json!({"workload": "text-prepare", "characters": chars, "windows": windows,
+                "peak_rss_bytes": peak, "peer": "oneiro", "version": version})
+        }
+    };
+    println!("{line}");
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! The daemon's validated settings (the CLI flags of `oneirod` map onto these).
+
+use std::path::PathBuf;
+
+use crate::device::DeviceSpec;
+
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// Where models and checkpoints live.
+    pub state_dir: PathBuf,
+    pub device: DeviceSpec,
+    /// Longest generation one request may ask for (characters).
+    pub max_generate_length: u32,
+    /// Largest request message decoded, in bytes (corpora travel inside requests).
+    pub max_request_bytes: usize,
+    /// Largest corpus, in bytes, whether sent or read from a server path.
+    pub max_corpus_bytes: usize,
+    /// Jobs waiting for the device worker before new ones get `ResourceExhausted`.
+    pub queue_depth: usize,
+}
+
+impl DaemonConfig {
+    pub fn new(state_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            device: DeviceSpec::Auto,
+            max_generate_length: 100_000,
+            max_request_bytes: 64 << 20,
+            max_corpus_bytes: 32 << 20,
+            queue_depth: 16,
+        }
+    }
+}
+
+/// The default state directory: `$ONEIRO_HOME`, else the per-user data directory
+/// (`~/.local/share/oneiro` on Linux). The embedded engine of the CLI and `oneirod` use
+/// the same one, so a model trained by one is there for the other.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("ONEIRO_HOME") {
+        return PathBuf::from(home);
+    }
+    directories::ProjectDirs::from("", "", "oneiro")
+        .map(|d| d.data_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from(".oneiro"))
+}

@@ -1,0 +1,126 @@
+//! Between the proto messages and the trainer's types. Zero / unset proto fields mean
+//! "the default" (the book's).
+
+use oneiro_models::CharLstmConfig;
+use oneiro_proto::v1 as pb;
+use oneiro_trainer::store::ModelKind;
+use oneiro_trainer::text_train::TextTrainOptions;
+use oneiro_trainer::{ModelRecord, TrainEvent};
+
+/// A full config from a partial one: unset fields take `base`'s values.
+pub fn char_lstm_config(p: Option<&pb::CharLstmConfig>, base: &CharLstmConfig) -> CharLstmConfig {
+    let Some(p) = p else { return base.clone() };
+    let or = |v: u32, d: usize| if v == 0 { d } else { v as usize };
+    CharLstmConfig {
+        maxlen: or(p.maxlen, base.maxlen),
+        step: or(p.step, base.step),
+        hidden: or(p.hidden, base.hidden),
+        lowercase: p.lowercase.unwrap_or(base.lowercase),
+    }
+}
+
+pub fn char_lstm_to_proto(c: &CharLstmConfig) -> pb::CharLstmConfig {
+    pb::CharLstmConfig {
+        maxlen: c.maxlen as u32,
+        step: c.step as u32,
+        hidden: c.hidden as u32,
+        lowercase: Some(c.lowercase),
+    }
+}
+
+pub fn model_info(r: &ModelRecord) -> pb::ModelInfo {
+    let kind = match r.kind {
+        ModelKind::CharLstm => pb::ModelKind::CharLstm,
+    };
+    pb::ModelInfo {
+        name: r.name.clone(),
+        kind: kind as i32,
+        config: Some(pb::model_info::Config::CharLstm(char_lstm_to_proto(&r.char_lstm))),
+        epochs_trained: r.epochs_trained,
+        vocab_size: r.vocab.as_ref().map_or(0, |v| v.len() as u32),
+        parameters: r.parameters,
+        loss_history: r.loss_history.clone(),
+        val_loss_history: r.val_loss_history.clone(),
+        updated_unix: r.updated_unix,
+    }
+}
+
+pub fn train_options(p: Option<&pb::TrainOptions>) -> TextTrainOptions {
+    let d = TextTrainOptions::default();
+    let Some(p) = p else { return d };
+    TextTrainOptions {
+        epochs: if p.epochs == 0 { d.epochs } else { p.epochs },
+        batch_size: if p.batch_size == 0 { d.batch_size } else { p.batch_size as usize },
+        learning_rate: p.learning_rate.map(f64::from),
+        validation_split: p.validation_split,
+        seed: p.seed,
+        sample_temperatures: if p.no_samples {
+            vec![]
+        } else if p.sample_temperatures.is_empty() {
+            d.sample_temperatures
+        } else {
+            p.sample_temperatures.clone()
+        },
+        sample_length: if p.sample_length == 0 { d.sample_length } else { p.sample_length as usize },
+    }
+}
+
+pub fn train_event(e: TrainEvent) -> pb::TrainEvent {
+    use pb::train_event::Event;
+    let event = match e {
+        TrainEvent::Started {
+            model,
+            device,
+            first_epoch,
+            epochs,
+            steps_per_epoch,
+            train_sequences,
+            validation_sequences,
+            vocab_size,
+        } => Event::Started(pb::TrainStarted {
+            model,
+            device,
+            first_epoch,
+            epochs,
+            steps_per_epoch,
+            train_sequences,
+            validation_sequences,
+            vocab_size,
+        }),
+        TrainEvent::Batch { epoch, step, steps_per_epoch, loss, sequences_per_second } => {
+            Event::Batch(pb::BatchProgress { epoch, step, steps_per_epoch, loss, sequences_per_second })
+        }
+        TrainEvent::EpochEnd { epoch, loss, val_loss, seconds } => {
+            Event::EpochEnd(pb::EpochEnd { epoch, loss, val_loss, seconds })
+        }
+        TrainEvent::Sample { epoch, temperature, seed_text, text } => {
+            Event::Sample(pb::TextSample { epoch, temperature, seed_text, text })
+        }
+        TrainEvent::Checkpoint { epoch, checkpoint } => Event::Checkpoint(pb::CheckpointWritten { epoch, checkpoint }),
+        TrainEvent::Finished { epochs_trained, final_loss, seconds } => {
+            Event::Finished(pb::TrainFinished { epochs_trained, final_loss, seconds })
+        }
+    };
+    pb::TrainEvent { event: Some(event) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_config_fields_keep_the_base_values() {
+        let base = CharLstmConfig { maxlen: 40, ..Default::default() };
+        let p = pb::CharLstmConfig { hidden: 64, ..Default::default() };
+        let c = char_lstm_config(Some(&p), &base);
+        assert_eq!((c.maxlen, c.step, c.hidden, c.lowercase), (40, 3, 64, true));
+    }
+
+    #[test]
+    fn default_train_options_are_the_books() {
+        let o = train_options(Some(&pb::TrainOptions::default()));
+        assert_eq!(o, TextTrainOptions::default());
+        let o = train_options(Some(&pb::TrainOptions { no_samples: true, ..Default::default() }));
+        assert!(o.sample_temperatures.is_empty());
+    }
+}

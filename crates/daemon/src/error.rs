@@ -1,0 +1,40 @@
+//! The daemon's error type and its one mapping to gRPC status codes.
+
+use oneiro_trainer::Error as TrainerError;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Trainer(#[from] TrainerError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("the {device} worker's queue is full ({depth} jobs waiting); retry later")]
+    QueueFull { device: String, depth: usize },
+    #[error("model {0:?} is training; wait for it to finish")]
+    Busy(String),
+    #[error("the device worker has stopped")]
+    WorkerGone,
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        let code = match &e {
+            ServiceError::Trainer(t) => match t {
+                TrainerError::InvalidArgument(_) => Code::InvalidArgument,
+                TrainerError::NotFound(_) => Code::NotFound,
+                TrainerError::AlreadyExists(_) => Code::AlreadyExists,
+                TrainerError::FailedPrecondition(_) => Code::FailedPrecondition,
+                TrainerError::Cancelled(_) => Code::Cancelled,
+                TrainerError::Diverged(_) => Code::Aborted,
+                TrainerError::Corrupt(_) => Code::DataLoss,
+                TrainerError::Tensor(_) | TrainerError::Io(_) => Code::Internal,
+            },
+            ServiceError::InvalidArgument(_) => Code::InvalidArgument,
+            ServiceError::QueueFull { .. } => Code::ResourceExhausted,
+            ServiceError::Busy(_) => Code::FailedPrecondition,
+            ServiceError::WorkerGone => Code::Unavailable,
+        };
+        Status::new(code, e.to_string())
+    }
+}

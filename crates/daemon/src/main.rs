@@ -1,0 +1,76 @@
+//! `oneirod`: the long-running Oneiro daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use oneiro_daemon::device::DeviceSpec;
+use oneiro_daemon::{DaemonConfig, config::default_state_dir};
+use tracing_subscriber::EnvFilter;
+
+/// Keeps models resident on a device and serves training and generation over gRPC.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on. Loopback by default: expose it on purpose, not by accident.
+    #[arg(long, env = "ONEIRO_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Where models and checkpoints are kept [default: $ONEIRO_HOME, else the per-user
+    /// data directory, shared with the CLI's embedded engine].
+    #[arg(long, env = "ONEIRO_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Device of the worker: cpu, cuda:N, or auto (a GPU when this build and the machine
+    /// have one).
+    #[arg(long, env = "ONEIRO_DEVICE", default_value = "auto")]
+    device: DeviceSpec,
+    /// Longest generation one request may ask for, in characters.
+    #[arg(long, default_value_t = 100_000)]
+    max_generate_length: u32,
+    /// Largest request accepted, in MiB (a corpus travels inside the Train request).
+    #[arg(long, default_value_t = 64)]
+    max_request_mib: usize,
+    /// Largest corpus accepted, in MiB.
+    #[arg(long, default_value_t = 32)]
+    max_corpus_mib: usize,
+    /// Jobs that may wait for the device before new ones are refused (ResourceExhausted).
+    #[arg(long, default_value_t = 16)]
+    queue_depth: usize,
+    /// CPU threads for tensor work [default: RAYON_NUM_THREADS, else one per core].
+    #[arg(long, env = "ONEIRO_THREADS")]
+    threads: Option<usize>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let args = Args::parse();
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    }
+    let mut config = DaemonConfig::new(args.state_dir.unwrap_or_else(default_state_dir));
+    config.device = args.device;
+    config.max_generate_length = args.max_generate_length;
+    config.max_request_bytes = args.max_request_mib << 20;
+    config.max_corpus_bytes = args.max_corpus_mib << 20;
+    config.queue_depth = args.queue_depth;
+    tracing::info!(state_dir = %config.state_dir.display(), "starting");
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    oneiro_daemon::serve(config, listener, shutdown_signal()).await
+}
+
+/// Ctrl-C or SIGTERM (what service managers send).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,232 @@
+//! One OS thread per device owns that device's models and runs every training and
+//! generation on it. The async side talks to it with jobs that carry their payload and a
+//! bounded reply channel; the worker notices a closed channel (client gone) at the next
+//! step and drops the work.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use oneiro_proto::v1 as pb;
+use oneiro_trainer::events::{EventSink, Stop};
+use oneiro_trainer::text_generate::CharGenerator;
+use oneiro_trainer::text_train::{TextTrainOptions, device_name, train_char_lstm};
+use oneiro_trainer::{ModelStore, TrainEvent};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::mpsc;
+use tonic::Status;
+use tracing::{Span, info, warn};
+
+use crate::convert;
+use crate::device::DeviceSpec;
+use crate::error::ServiceError;
+
+pub type Reply<T> = mpsc::Sender<Result<T, Status>>;
+
+pub enum Job {
+    Train {
+        model: String,
+        corpus: String,
+        options: TextTrainOptions,
+        events: Reply<pb::TrainEvent>,
+        span: Span,
+    },
+    Generate {
+        model: String,
+        seed_text: String,
+        temperature: f32,
+        length: usize,
+        seed: Option<u64>,
+        chunks: Reply<pb::GenerateChunk>,
+        span: Span,
+    },
+}
+
+/// The async side's handle on a device worker.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    jobs: mpsc::Sender<Job>,
+    depth: usize,
+    pub device: String,
+    /// Models being trained right now (deleting one is refused).
+    pub training: Arc<Mutex<HashSet<String>>>,
+}
+
+impl WorkerHandle {
+    /// Queues a job, or fails at once when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), ServiceError> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                ServiceError::QueueFull { device: self.device.clone(), depth: self.depth }
+            }
+            mpsc::error::TrySendError::Closed(_) => ServiceError::WorkerGone,
+        })
+    }
+
+    pub fn is_training(&self, model: &str) -> bool {
+        self.training.lock().expect("training set poisoned").contains(model)
+    }
+}
+
+/// Starts the worker for `spec`; returns once the device is open (or why it is not).
+pub fn spawn(
+    spec: DeviceSpec,
+    store: Arc<ModelStore>,
+    queue_depth: usize,
+) -> Result<(WorkerHandle, std::thread::JoinHandle<()>), String> {
+    let (tx, rx) = mpsc::channel(queue_depth.max(1));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let training = Arc::new(Mutex::new(HashSet::new()));
+    let training_w = training.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("oneiro-worker-{spec}"))
+        .spawn(move || match spec.open() {
+            Ok(device) => {
+                let _ = ready_tx.send(Ok(device_name(&device)));
+                Worker { device, store, training: training_w, cache: HashMap::new() }.run(rx);
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+            }
+        })
+        .map_err(|e| format!("cannot start the worker thread: {e}"))?;
+    let device = ready_rx.recv().map_err(|_| "the worker thread died while starting".to_string())??;
+    Ok((WorkerHandle { jobs: tx, depth: queue_depth, device, training }, thread))
+}
+
+struct Worker {
+    device: Device,
+    store: Arc<ModelStore>,
+    training: Arc<Mutex<HashSet<String>>>,
+    /// Loaded models, kept resident between requests; keyed by name, valid for one
+    /// (uid, revision) of the model.
+    cache: HashMap<String, ((u64, u64), Arc<CharGenerator>)>,
+}
+
+/// Forwards trainer events to a gRPC stream. Batch progress is best effort (dropped
+/// when the client is behind); everything else is delivered or the run stops.
+struct StreamSink {
+    tx: Reply<pb::TrainEvent>,
+}
+
+impl EventSink for StreamSink {
+    fn send(&mut self, event: TrainEvent) -> Result<(), Stop> {
+        let gone = || Stop("the client disconnected".into());
+        let is_batch = matches!(event, TrainEvent::Batch { .. });
+        let msg = Ok(convert::train_event(event));
+        if is_batch {
+            match self.tx.try_send(msg) {
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(gone()),
+                _ => Ok(()),
+            }
+        } else {
+            self.tx.blocking_send(msg).map_err(|_| gone())
+        }
+    }
+
+    fn should_stop(&mut self) -> Option<Stop> {
+        self.tx.is_closed().then(|| Stop("the client disconnected".into()))
+    }
+}
+
+impl Worker {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        info!(device = %device_name(&self.device), "worker started");
+        while let Some(job) = rx.blocking_recv() {
+            match job {
+                Job::Train { model, corpus, options, events, span } => {
+                    let _g = span.enter();
+                    self.training.lock().expect("training set poisoned").insert(model.clone());
+                    let result = train_char_lstm(
+                        &self.store,
+                        &model,
+                        &corpus,
+                        &options,
+                        &self.device,
+                        &mut StreamSink { tx: events.clone() },
+                    );
+                    self.training.lock().expect("training set poisoned").remove(&model);
+                    self.cache.remove(&model);
+                    match result {
+                        Ok(r) => info!(model, epochs = r.epochs_trained, "training finished"),
+                        Err(e) => {
+                            warn!(model, error = %e, "training stopped");
+                            let _ = events.blocking_send(Err(ServiceError::from(e).into()));
+                        }
+                    }
+                }
+                Job::Generate { model, seed_text, temperature, length, seed, chunks, span } => {
+                    let _g = span.enter();
+                    if chunks.is_closed() {
+                        continue;
+                    }
+                    if let Err(e) = self.generate(&model, &seed_text, temperature, length, seed, &chunks) {
+                        let _ = chunks.blocking_send(Err(e.into()));
+                    }
+                }
+            }
+        }
+        info!("worker stopped");
+    }
+
+    fn generator(&mut self, name: &str) -> Result<(Arc<CharGenerator>, Option<String>), ServiceError> {
+        let record = self.store.load(name)?;
+        let key = (record.uid, record.revision);
+        if let Some((k, g)) = self.cache.get(name)
+            && *k == key
+        {
+            return Ok((g.clone(), record.seed_text));
+        }
+        let started = Instant::now();
+        let g = Arc::new(CharGenerator::load(&self.store, &record, &self.device)?);
+        info!(model = name, ms = started.elapsed().as_millis() as u64, "model loaded");
+        self.cache.insert(name.to_string(), (key, g.clone()));
+        Ok((g, record.seed_text))
+    }
+
+    fn generate(
+        &mut self,
+        name: &str,
+        seed_text: &str,
+        temperature: f32,
+        length: usize,
+        seed: Option<u64>,
+        chunks: &Reply<pb::GenerateChunk>,
+    ) -> Result<(), ServiceError> {
+        let (generator, saved_seed) = self.generator(name)?;
+        let seed_text = if seed_text.is_empty() { saved_seed.unwrap_or_default() } else { seed_text.to_string() };
+        let seed_ids = generator.encode_seed(&seed_text)?;
+        let used: String = seed_ids[seed_ids.len().saturating_sub(generator.maxlen)..]
+            .iter()
+            .map(|&i| generator.vocab.char(i))
+            .collect();
+        let mut rng = match seed {
+            Some(s) => ChaCha8Rng::seed_from_u64(s),
+            None => ChaCha8Rng::from_os_rng(),
+        };
+        // Characters go out in small chunks: at least every 20 ms while drawing, so a
+        // reader sees them as they come, without one message per character.
+        const FLUSH_EVERY: Duration = Duration::from_millis(20);
+        let mut pending = String::new();
+        let mut first = Some(used);
+        let mut last_flush = Instant::now();
+        let flush = |pending: &mut String, first: &mut Option<String>| -> bool {
+            let chunk = pb::GenerateChunk { text: std::mem::take(pending), seed_text: first.take().unwrap_or_default() };
+            chunks.blocking_send(Ok(chunk)).is_ok()
+        };
+        generator.generate(&seed_ids, temperature, length, &mut rng, &mut |c| {
+            pending.push(c);
+            if pending.len() >= 256 || last_flush.elapsed() >= FLUSH_EVERY {
+                last_flush = Instant::now();
+                return flush(&mut pending, &mut first);
+            }
+            !chunks.is_closed()
+        })?;
+        if !pending.is_empty() || first.is_some() {
+            flush(&mut pending, &mut first);
+        }
+        Ok(())
+    }
+}
