@@ -7,21 +7,37 @@ use tonic::Code;
 
 const SENTENCE: &str = "the quick brown fox jumps over the lazy dog. ";
 
-async fn start(state: &std::path::Path, tweak: impl FnOnce(&mut DaemonConfig)) -> (RunningDaemon, Client) {
+async fn start(
+    state: &std::path::Path,
+    tweak: impl FnOnce(&mut DaemonConfig),
+) -> (RunningDaemon, Client) {
     let mut config = DaemonConfig::new(state.to_path_buf());
     config.device = DeviceSpec::Cpu;
     tweak(&mut config);
-    let daemon = oneiro_daemon::spawn(config, ([127, 0, 0, 1], 0).into()).await.expect("daemon starts");
-    let client = Client::connect(&daemon.endpoint()).await.expect("client connects");
+    let daemon = oneiro_daemon::spawn(config, ([127, 0, 0, 1], 0).into())
+        .await
+        .expect("daemon starts");
+    let client = Client::connect(&daemon.endpoint())
+        .await
+        .expect("client connects");
     (daemon, client)
 }
 
 async fn channel(daemon: &RunningDaemon) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(daemon.endpoint()).unwrap().connect().await.unwrap()
+    tonic::transport::Endpoint::from_shared(daemon.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
 
 fn small_config() -> pb::CharLstmConfig {
-    pb::CharLstmConfig { maxlen: 16, step: 1, hidden: 32, lowercase: None }
+    pb::CharLstmConfig {
+        maxlen: 16,
+        step: 1,
+        hidden: 32,
+        lowercase: None,
+    }
 }
 
 fn train_request(model: &str, text: &str, epochs: u32) -> pb::TrainRequest {
@@ -44,7 +60,10 @@ fn train_request(model: &str, text: &str, epochs: u32) -> pb::TrainRequest {
     }
 }
 
-async fn train_to_end(client: &mut Client, req: pb::TrainRequest) -> Result<Vec<pb::train_event::Event>, tonic::Status> {
+async fn train_to_end(
+    client: &mut Client,
+    req: pb::TrainRequest,
+) -> Result<Vec<pb::train_event::Event>, tonic::Status> {
     let mut stream = client.train(req).await.map_err(status)?;
     let mut events = Vec::new();
     while let Some(ev) = stream.message().await? {
@@ -61,7 +80,13 @@ fn status(e: oneiro_client::ClientError) -> tonic::Status {
 }
 
 fn greedy(model: &str, seed_text: &str, length: u32) -> pb::GenerateRequest {
-    pb::GenerateRequest { model: model.into(), seed_text: seed_text.into(), temperature: Some(0.0), length, seed: Some(1) }
+    pb::GenerateRequest {
+        model: model.into(),
+        seed_text: seed_text.into(),
+        temperature: Some(0.0),
+        length,
+        seed: Some(1),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,34 +96,80 @@ async fn a_daemon_trains_a_model_that_learns_and_generates_and_survives_a_restar
 
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&daemon).await);
     let serving = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "oneiro.v1.Oneiro".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "oneiro.v1.Oneiro".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(serving.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+    assert_eq!(
+        serving.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
 
     let corpus = SENTENCE.repeat(60);
-    let events = train_to_end(&mut client, train_request("fox", &corpus, 6)).await.expect("training succeeds");
+    let events = train_to_end(&mut client, train_request("fox", &corpus, 6))
+        .await
+        .expect("training succeeds");
     use pb::train_event::Event;
-    let Some(Event::Started(started)) = events.first() else { panic!("first event is Started: {events:?}") };
-    assert_eq!((started.first_epoch, started.epochs, started.device.as_str()), (1, 6, "cpu"));
+    let Some(Event::Started(started)) = events.first() else {
+        panic!("first event is Started: {events:?}")
+    };
+    assert_eq!(
+        (started.first_epoch, started.epochs, started.device.as_str()),
+        (1, 6, "cpu")
+    );
     assert!(started.validation_sequences > 0);
-    let epoch_ends: Vec<&pb::EpochEnd> =
-        events.iter().filter_map(|e| if let Event::EpochEnd(x) = e { Some(x) } else { None }).collect();
+    let epoch_ends: Vec<&pb::EpochEnd> = events
+        .iter()
+        .filter_map(|e| {
+            if let Event::EpochEnd(x) = e {
+                Some(x)
+            } else {
+                None
+            }
+        })
+        .collect();
     assert_eq!(epoch_ends.len(), 6);
     assert!(epoch_ends.iter().all(|e| e.val_loss.is_some()));
     let (first, last) = (epoch_ends[0].loss, epoch_ends[5].loss);
-    assert!(last < 0.1 && last < first / 10.0, "loss went {first} -> {last}");
-    assert!(events.iter().any(|e| matches!(e, Event::Batch(b) if b.loss.is_finite() && b.sequences_per_second > 0.0)));
-    assert_eq!(events.iter().filter(|e| matches!(e, Event::Checkpoint(_))).count(), 6);
-    let samples: Vec<&pb::TextSample> =
-        events.iter().filter_map(|e| if let Event::Sample(x) = e { Some(x) } else { None }).collect();
+    assert!(
+        last < 0.1 && last < first / 10.0,
+        "loss went {first} -> {last}"
+    );
+    assert!(events.iter().any(
+        |e| matches!(e, Event::Batch(b) if b.loss.is_finite() && b.sequences_per_second > 0.0)
+    ));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Checkpoint(_)))
+            .count(),
+        6
+    );
+    let samples: Vec<&pb::TextSample> = events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Sample(x) = e {
+                Some(x)
+            } else {
+                None
+            }
+        })
+        .collect();
     assert_eq!(samples.len(), 12);
-    assert!(samples.iter().all(|s| s.text.chars().count() == 40 && s.seed_text.chars().count() == 16));
+    assert!(
+        samples
+            .iter()
+            .all(|s| s.text.chars().count() == 40 && s.seed_text.chars().count() == 16)
+    );
     assert!(matches!(events.last(), Some(Event::Finished(f)) if f.epochs_trained == 6));
 
     // The model continues the sentence it was trained on.
-    let text = client.generate_text(greedy("fox", "the quick brown ", 30)).await.unwrap();
+    let text = client
+        .generate_text(greedy("fox", "the quick brown ", 30))
+        .await
+        .unwrap();
     assert_eq!(text, "fox jumps over the lazy dog. t");
     // Chunks arrive as a stream, the first naming the seed window used.
     let mut stream = client.generate(greedy("fox", "", 500)).await.unwrap();
@@ -110,27 +181,53 @@ async fn a_daemon_trains_a_model_that_learns_and_generates_and_survives_a_restar
     }
     assert_eq!(total, 500);
     // Seeded sampling is reproducible.
-    let sampled = |seed| pb::GenerateRequest { temperature: Some(1.0), seed: Some(seed), ..greedy("fox", "the lazy", 80) };
+    let sampled = |seed| pb::GenerateRequest {
+        temperature: Some(1.0),
+        seed: Some(seed),
+        ..greedy("fox", "the lazy", 80)
+    };
     let a = client.generate_text(sampled(5)).await.unwrap();
     assert_eq!(a, client.generate_text(sampled(5)).await.unwrap());
 
     let models = client.list_models().await.unwrap();
     assert_eq!(models.len(), 1);
-    assert_eq!((models[0].name.as_str(), models[0].epochs_trained), ("fox", 6));
+    assert_eq!(
+        (models[0].name.as_str(), models[0].epochs_trained),
+        ("fox", 6)
+    );
     assert_eq!(models[0].loss_history.len(), 6);
 
     // A restarted daemon on the same state directory serves the same model.
     drop(client);
     daemon.shutdown().await.unwrap();
     let (daemon, mut client) = start(state.path(), |_| {}).await;
-    assert_eq!(client.describe_model("fox").await.unwrap().epochs_trained, 6);
-    assert_eq!(client.generate_text(greedy("fox", "the quick brown ", 30)).await.unwrap(), text);
+    assert_eq!(
+        client.describe_model("fox").await.unwrap().epochs_trained,
+        6
+    );
+    assert_eq!(
+        client
+            .generate_text(greedy("fox", "the quick brown ", 30))
+            .await
+            .unwrap(),
+        text
+    );
     assert_eq!(client.generate_text(sampled(5)).await.unwrap(), a);
     // Training continues from the checkpoint: epoch numbers go on.
-    let more = train_to_end(&mut client, train_request("fox", &corpus, 1)).await.unwrap();
+    let more = train_to_end(&mut client, train_request("fox", &corpus, 1))
+        .await
+        .unwrap();
     assert!(matches!(more.first(), Some(Event::Started(s)) if s.first_epoch == 7));
     client.delete_model("fox").await.unwrap();
-    assert_eq!(client.describe_model("fox").await.map_err(status).unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        client
+            .describe_model("fox")
+            .await
+            .map_err(status)
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
     drop(client);
     daemon.shutdown().await.unwrap();
 }
@@ -141,27 +238,55 @@ async fn bad_requests_get_clear_errors_and_the_daemon_keeps_serving() {
     let (daemon, mut client) = start(state.path(), |c| c.max_generate_length = 1000).await;
     let corpus = SENTENCE.repeat(10);
     let opts = |r: pb::TrainRequest| pb::TrainRequest {
-        options: Some(pb::TrainOptions { no_samples: true, epochs: 1, batch_size: 64, ..Default::default() }),
+        options: Some(pb::TrainOptions {
+            no_samples: true,
+            epochs: 1,
+            batch_size: 64,
+            ..Default::default()
+        }),
         ..r
     };
-    train_to_end(&mut client, opts(train_request("ok", &corpus, 1))).await.unwrap();
+    train_to_end(&mut client, opts(train_request("ok", &corpus, 1)))
+        .await
+        .unwrap();
 
     let train_err = |text: &str, name: &str| opts(train_request(name, text, 1));
     let cases: Vec<(pb::TrainRequest, Code, &str)> = vec![
         (train_err("", "a"), Code::InvalidArgument, "empty"),
-        (train_err("zzzzzzzzzzzzzzzzzzzzzzzzzzzzzz", "b"), Code::InvalidArgument, "single distinct character"),
-        (train_err("short text", "c"), Code::InvalidArgument, "maxlen 16 needs at least 17"),
-        (train_err(&corpus, "../escape"), Code::InvalidArgument, "invalid model name"),
-        (train_err("THE QUICK BROWN FOX! JUMPS OVER THE LAZY DOG", "ok"), Code::InvalidArgument, "'!'"),
         (
-            pb::TrainRequest { create_if_missing: false, ..train_err(&corpus, "missing") },
+            train_err("zzzzzzzzzzzzzzzzzzzzzzzzzzzzzz", "b"),
+            Code::InvalidArgument,
+            "single distinct character",
+        ),
+        (
+            train_err("short text", "c"),
+            Code::InvalidArgument,
+            "maxlen 16 needs at least 17",
+        ),
+        (
+            train_err(&corpus, "../escape"),
+            Code::InvalidArgument,
+            "invalid model name",
+        ),
+        (
+            train_err("THE QUICK BROWN FOX! JUMPS OVER THE LAZY DOG", "ok"),
+            Code::InvalidArgument,
+            "'!'",
+        ),
+        (
+            pb::TrainRequest {
+                create_if_missing: false,
+                ..train_err(&corpus, "missing")
+            },
             Code::NotFound,
             "no model named",
         ),
         (
             pb::TrainRequest {
                 data: Some(pb::train_request::Data::Text(pb::TextCorpus {
-                    source: Some(pb::text_corpus::Source::ServerPath("/nonexistent/corpus.txt".into())),
+                    source: Some(pb::text_corpus::Source::ServerPath(
+                        "/nonexistent/corpus.txt".into(),
+                    )),
                 })),
                 ..train_err("", "d")
             },
@@ -170,10 +295,12 @@ async fn bad_requests_get_clear_errors_and_the_daemon_keeps_serving() {
         ),
         (
             pb::TrainRequest {
-                create_config: Some(pb::train_request::CreateConfig::CharLstm(pb::CharLstmConfig {
-                    hidden: 99,
-                    ..small_config()
-                })),
+                create_config: Some(pb::train_request::CreateConfig::CharLstm(
+                    pb::CharLstmConfig {
+                        hidden: 99,
+                        ..small_config()
+                    },
+                )),
                 ..train_err(&corpus, "ok")
             },
             Code::InvalidArgument,
@@ -184,38 +311,113 @@ async fn bad_requests_get_clear_errors_and_the_daemon_keeps_serving() {
         let name = req.model.clone();
         let err = train_to_end(&mut client, req).await.expect_err(&name);
         assert_eq!(err.code(), code, "{name}: {err:?}");
-        assert!(err.message().contains(needle), "{name}: {:?} lacks {needle:?}", err.message());
+        assert!(
+            err.message().contains(needle),
+            "{name}: {:?} lacks {needle:?}",
+            err.message()
+        );
     }
 
     let gen_cases: Vec<(pb::GenerateRequest, Code, &str)> = vec![
-        (greedy("nope", "the", 10), Code::NotFound, "no model named \"nope\""),
-        (greedy("ok", "the", 0), Code::InvalidArgument, "between 1 and 1000"),
-        (greedy("ok", "the", 1001), Code::InvalidArgument, "between 1 and 1000"),
-        (pb::GenerateRequest { temperature: Some(-0.5), ..greedy("ok", "the", 10) }, Code::InvalidArgument, "temperature"),
-        (pb::GenerateRequest { temperature: Some(f32::NAN), ..greedy("ok", "the", 10) }, Code::InvalidArgument, "temperature"),
-        (pb::GenerateRequest { temperature: Some(f32::INFINITY), ..greedy("ok", "the", 10) }, Code::InvalidArgument, "temperature"),
-        (greedy("ok", "the fox?!", 10), Code::InvalidArgument, "'?', '!'"),
-        (greedy("a/b", "the", 10), Code::InvalidArgument, "invalid model name"),
+        (
+            greedy("nope", "the", 10),
+            Code::NotFound,
+            "no model named \"nope\"",
+        ),
+        (
+            greedy("ok", "the", 0),
+            Code::InvalidArgument,
+            "between 1 and 1000",
+        ),
+        (
+            greedy("ok", "the", 1001),
+            Code::InvalidArgument,
+            "between 1 and 1000",
+        ),
+        (
+            pb::GenerateRequest {
+                temperature: Some(-0.5),
+                ..greedy("ok", "the", 10)
+            },
+            Code::InvalidArgument,
+            "temperature",
+        ),
+        (
+            pb::GenerateRequest {
+                temperature: Some(f32::NAN),
+                ..greedy("ok", "the", 10)
+            },
+            Code::InvalidArgument,
+            "temperature",
+        ),
+        (
+            pb::GenerateRequest {
+                temperature: Some(f32::INFINITY),
+                ..greedy("ok", "the", 10)
+            },
+            Code::InvalidArgument,
+            "temperature",
+        ),
+        (
+            greedy("ok", "the fox?!", 10),
+            Code::InvalidArgument,
+            "'?', '!'",
+        ),
+        (
+            greedy("a/b", "the", 10),
+            Code::InvalidArgument,
+            "invalid model name",
+        ),
     ];
     for (req, code, needle) in gen_cases {
         let what = format!("{req:?}");
-        let err = client.generate_text(req).await.map_err(status).expect_err(&what);
+        let err = client
+            .generate_text(req)
+            .await
+            .map_err(status)
+            .expect_err(&what);
         assert_eq!(err.code(), code, "{what}: {err:?}");
-        assert!(err.message().contains(needle), "{what}: {:?} lacks {needle:?}", err.message());
+        assert!(
+            err.message().contains(needle),
+            "{what}: {:?} lacks {needle:?}",
+            err.message()
+        );
     }
 
     // An untrained model is a precondition failure, not a crash.
     client
-        .create_model(pb::CreateModelRequest { name: "fresh".into(), config: None })
+        .create_model(pb::CreateModelRequest {
+            name: "fresh".into(),
+            config: None,
+        })
         .await
         .unwrap();
-    let err = client.generate_text(greedy("fresh", "the", 5)).await.map_err(status).unwrap_err();
+    let err = client
+        .generate_text(greedy("fresh", "the", 5))
+        .await
+        .map_err(status)
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let err = client.create_model(pb::CreateModelRequest { name: "fresh".into(), config: None }).await.map_err(status).unwrap_err();
+    let err = client
+        .create_model(pb::CreateModelRequest {
+            name: "fresh".into(),
+            config: None,
+        })
+        .await
+        .map_err(status)
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
 
     // Still serving, model intact.
-    assert_eq!(client.generate_text(greedy("ok", "the", 5)).await.unwrap().chars().count(), 5);
+    assert_eq!(
+        client
+            .generate_text(greedy("ok", "the", 5))
+            .await
+            .unwrap()
+            .chars()
+            .count(),
+        5
+    );
     let info = client.info().await.unwrap();
     assert_eq!(info.limits.unwrap().max_generate_length, 1000);
     drop(client);
@@ -230,24 +432,41 @@ async fn a_corpus_can_be_read_from_the_servers_disk_and_reflection_lists_the_api
     let (daemon, mut client) = start(state.path(), |_| {}).await;
     let mut req = train_request("disk", "", 1);
     req.data = Some(pb::train_request::Data::Text(pb::TextCorpus {
-        source: Some(pb::text_corpus::Source::ServerPath(path.to_string_lossy().into())),
+        source: Some(pb::text_corpus::Source::ServerPath(
+            path.to_string_lossy().into(),
+        )),
     }));
     let events = train_to_end(&mut client, req).await.unwrap();
-    assert!(matches!(events.last(), Some(pb::train_event::Event::Finished(_))));
+    assert!(matches!(
+        events.last(),
+        Some(pb::train_event::Event::Finished(_))
+    ));
 
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let mut refl = ServerReflectionClient::new(channel(&daemon).await);
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut resp = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message().await.unwrap().unwrap().message_response else {
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        resp.message().await.unwrap().unwrap().message_response
+    else {
         panic!("expected a service list")
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"oneiro.v1.Oneiro".to_string()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
     drop(client);
     daemon.shutdown().await.unwrap();
 }

@@ -34,7 +34,11 @@ pub fn nietzsche(cache: &Path, offline: bool) -> anyhow::Result<PathBuf> {
             .build()
             .into();
         let mut resp = agent.get(NIETZSCHE_URL).call()?;
-        Ok(resp.body_mut().with_config().limit(16 << 20).read_to_vec()?)
+        Ok(resp
+            .body_mut()
+            .with_config()
+            .limit(16 << 20)
+            .read_to_vec()?)
     })();
     let bytes = fetched.map_err(|e| {
         anyhow::anyhow!("could not download the default corpus from {NIETZSCHE_URL} ({e}); offline? pass --corpus FILE")
@@ -56,7 +60,10 @@ mod tests {
     fn a_cached_corpus_is_used_without_network() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("nietzsche.txt"), "cached").unwrap();
-        assert_eq!(nietzsche(dir.path(), true).unwrap(), dir.path().join("nietzsche.txt"));
+        assert_eq!(
+            nietzsche(dir.path(), true).unwrap(),
+            dir.path().join("nietzsche.txt")
+        );
     }
 
     #[test]

@@ -35,7 +35,10 @@ impl Client {
     pub async fn connect(endpoint: &str) -> Result<Self> {
         let ep = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| ClientError::Endpoint(endpoint.into(), e.to_string()))?;
-        let channel = ep.connect().await.map_err(|e| ClientError::Connect(endpoint.into(), source_chain(&e)))?;
+        let channel = ep
+            .connect()
+            .await
+            .map_err(|e| ClientError::Connect(endpoint.into(), source_chain(&e)))?;
         let inner = OneiroClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -56,15 +59,26 @@ impl Client {
     }
 
     pub async fn list_models(&mut self) -> Result<Vec<pb::ModelInfo>> {
-        Ok(self.inner.list_models(pb::ListModelsRequest {}).await?.into_inner().models)
+        Ok(self
+            .inner
+            .list_models(pb::ListModelsRequest {})
+            .await?
+            .into_inner()
+            .models)
     }
 
     pub async fn describe_model(&mut self, name: &str) -> Result<pb::ModelInfo> {
-        Ok(self.inner.describe_model(pb::DescribeModelRequest { name: name.into() }).await?.into_inner())
+        Ok(self
+            .inner
+            .describe_model(pb::DescribeModelRequest { name: name.into() })
+            .await?
+            .into_inner())
     }
 
     pub async fn delete_model(&mut self, name: &str) -> Result<()> {
-        self.inner.delete_model(pb::DeleteModelRequest { name: name.into() }).await?;
+        self.inner
+            .delete_model(pb::DeleteModelRequest { name: name.into() })
+            .await?;
         Ok(())
     }
 
@@ -74,7 +88,10 @@ impl Client {
     }
 
     /// Starts a generation and returns its stream of text chunks.
-    pub async fn generate(&mut self, req: pb::GenerateRequest) -> Result<Streaming<pb::GenerateChunk>> {
+    pub async fn generate(
+        &mut self,
+        req: pb::GenerateRequest,
+    ) -> Result<Streaming<pb::GenerateChunk>> {
         Ok(self.inner.generate(req).await?.into_inner())
     }
 

@@ -14,7 +14,11 @@ use oneiro_daemon::DaemonConfig;
 use oneiro_daemon::device::DeviceSpec;
 
 #[derive(Parser, Debug)]
-#[command(name = "oneiro", version, about = "Train and sample generative models with the Oneiro engine")]
+#[command(
+    name = "oneiro",
+    version,
+    about = "Train and sample generative models with the Oneiro engine"
+)]
 struct Cli {
     /// Daemon to talk to, e.g. http://gpu-box:50051. Without it the engine runs
     /// in-process on this machine.
@@ -126,6 +130,7 @@ struct GenerateArgs {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::enum_variant_names)] // the names are the peers' workload names
 enum BenchCommand {
     /// One training step of the book's text model (batch 128, maxlen 60, LSTM 128).
     TextTrain(BenchArgs),
@@ -185,7 +190,10 @@ fn real_main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cli))
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -193,7 +201,11 @@ async fn run(cli: Cli) -> Result<()> {
     let (endpoint, embedded) = match &cli.endpoint {
         Some(e) => (e.clone(), None),
         None => {
-            let mut config = DaemonConfig::new(cli.state_dir.clone().unwrap_or_else(oneiro_daemon::config::default_state_dir));
+            let mut config = DaemonConfig::new(
+                cli.state_dir
+                    .clone()
+                    .unwrap_or_else(oneiro_daemon::config::default_state_dir),
+            );
             config.device = cli.device;
             let d = oneiro_daemon::spawn(config, ([127, 0, 0, 1], 0).into()).await?;
             (d.endpoint(), Some(d))
@@ -251,8 +263,14 @@ async fn text(client: &mut Client, cmd: TextCommand) -> Result<()> {
                 println!("no models yet: `oneiro text train --model NAME` creates one");
             }
             for m in models {
-                let loss = m.loss_history.last().map_or("-".to_string(), |l| format!("{l:.4}"));
-                println!("{:<24} epochs {:>4}  loss {:>8}  vocab {:>4}  params {}", m.name, m.epochs_trained, loss, m.vocab_size, m.parameters);
+                let loss = m
+                    .loss_history
+                    .last()
+                    .map_or("-".to_string(), |l| format!("{l:.4}"));
+                println!(
+                    "{:<24} epochs {:>4}  loss {:>8}  vocab {:>4}  params {}",
+                    m.name, m.epochs_trained, loss, m.vocab_size, m.parameters
+                );
             }
             Ok(())
         }
@@ -281,12 +299,14 @@ async fn train(client: &mut Client, a: TrainArgs) -> Result<()> {
     let req = pb::TrainRequest {
         model: a.model.clone(),
         create_if_missing: true,
-        create_config: Some(pb::train_request::CreateConfig::CharLstm(pb::CharLstmConfig {
-            maxlen: a.maxlen.unwrap_or(0),
-            step: a.step.unwrap_or(0),
-            hidden: a.hidden.unwrap_or(0),
-            lowercase: a.keep_case.then_some(false),
-        })),
+        create_config: Some(pb::train_request::CreateConfig::CharLstm(
+            pb::CharLstmConfig {
+                maxlen: a.maxlen.unwrap_or(0),
+                step: a.step.unwrap_or(0),
+                hidden: a.hidden.unwrap_or(0),
+                lowercase: a.keep_case.then_some(false),
+            },
+        )),
         options: Some(pb::TrainOptions {
             epochs: a.epochs,
             batch_size: a.batch_size,
@@ -297,7 +317,9 @@ async fn train(client: &mut Client, a: TrainArgs) -> Result<()> {
             sample_length: a.sample_length,
             no_samples: a.no_samples,
         }),
-        data: Some(pb::train_request::Data::Text(pb::TextCorpus { source: Some(source) })),
+        data: Some(pb::train_request::Data::Text(pb::TextCorpus {
+            source: Some(source),
+        })),
     };
     let mut stream = client.train(req).await?;
     let mut bar: Option<ProgressBar> = None;
@@ -312,7 +334,12 @@ async fn train(client: &mut Client, a: TrainArgs) -> Result<()> {
                 total_epochs = s.first_epoch + s.epochs - 1;
                 eprintln!(
                     "training {} on {}: {} sequences ({} held out), vocabulary {}, {} steps per epoch",
-                    s.model, s.device, s.train_sequences, s.validation_sequences, s.vocab_size, s.steps_per_epoch
+                    s.model,
+                    s.device,
+                    s.train_sequences,
+                    s.validation_sequences,
+                    s.vocab_size,
+                    s.steps_per_epoch
                 );
             }
             Some(Event::Batch(b)) => {
@@ -323,22 +350,36 @@ async fn train(client: &mut Client, a: TrainArgs) -> Result<()> {
                     p
                 });
                 pb_.set_position(b.step as u64);
-                pb_.set_message(format!("loss {:.4}  {:.0} seq/s", b.loss, b.sequences_per_second));
+                pb_.set_message(format!(
+                    "loss {:.4}  {:.0} seq/s",
+                    b.loss, b.sequences_per_second
+                ));
             }
             Some(Event::EpochEnd(e)) => {
                 if let Some(p) = bar.take() {
                     p.finish_and_clear();
                 }
-                let val = e.val_loss.map(|v| format!("  val_loss {v:.4}")).unwrap_or_default();
-                println!("epoch {}/{}  loss {:.4}{}  ({:.1}s)", e.epoch, total_epochs, e.loss, val, e.seconds);
+                let val = e
+                    .val_loss
+                    .map(|v| format!("  val_loss {v:.4}"))
+                    .unwrap_or_default();
+                println!(
+                    "epoch {}/{}  loss {:.4}{}  ({:.1}s)",
+                    e.epoch, total_epochs, e.loss, val, e.seconds
+                );
             }
             Some(Event::Sample(s)) => {
                 println!("--- temperature {}: \"{}\"", s.temperature, s.seed_text);
                 println!("{}{}\n", s.seed_text, s.text);
             }
-            Some(Event::Checkpoint(c)) => tracing::info!(checkpoint = %c.checkpoint, "checkpoint written"),
+            Some(Event::Checkpoint(c)) => {
+                tracing::info!(checkpoint = %c.checkpoint, "checkpoint written")
+            }
             Some(Event::Finished(f)) => {
-                println!("done: {} epochs trained, final loss {:.4} ({:.1}s)", f.epochs_trained, f.final_loss, f.seconds);
+                println!(
+                    "done: {} epochs trained, final loss {:.4} ({:.1}s)",
+                    f.epochs_trained, f.final_loss, f.seconds
+                );
             }
             None => {}
         }
@@ -347,9 +388,14 @@ async fn train(client: &mut Client, a: TrainArgs) -> Result<()> {
 }
 
 fn read_corpus(path: &std::path::Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read corpus {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read corpus {}", path.display()))?;
     String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!("corpus {} is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())
+        anyhow::anyhow!(
+            "corpus {} is not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
     })
 }
 
@@ -367,7 +413,9 @@ fn bench(cmd: &BenchCommand, device: DeviceSpec) -> Result<()> {
     // any thread exists.
     // SAFETY: single-threaded at this point (no runtime, no pool started yet).
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()?;
     let device = oneiro_trainer::text_train::device_name(&dev);
     let version = env!("CARGO_PKG_VERSION");
     let line = match cmd {

@@ -35,7 +35,9 @@ pub fn model_info(r: &ModelRecord) -> pb::ModelInfo {
     pb::ModelInfo {
         name: r.name.clone(),
         kind: kind as i32,
-        config: Some(pb::model_info::Config::CharLstm(char_lstm_to_proto(&r.char_lstm))),
+        config: Some(pb::model_info::Config::CharLstm(char_lstm_to_proto(
+            &r.char_lstm,
+        ))),
         epochs_trained: r.epochs_trained,
         vocab_size: r.vocab.as_ref().map_or(0, |v| v.len() as u32),
         parameters: r.parameters,
@@ -50,7 +52,11 @@ pub fn train_options(p: Option<&pb::TrainOptions>) -> TextTrainOptions {
     let Some(p) = p else { return d };
     TextTrainOptions {
         epochs: if p.epochs == 0 { d.epochs } else { p.epochs },
-        batch_size: if p.batch_size == 0 { d.batch_size } else { p.batch_size as usize },
+        batch_size: if p.batch_size == 0 {
+            d.batch_size
+        } else {
+            p.batch_size as usize
+        },
         learning_rate: p.learning_rate.map(f64::from),
         validation_split: p.validation_split,
         seed: p.seed,
@@ -61,7 +67,11 @@ pub fn train_options(p: Option<&pb::TrainOptions>) -> TextTrainOptions {
         } else {
             p.sample_temperatures.clone()
         },
-        sample_length: if p.sample_length == 0 { d.sample_length } else { p.sample_length as usize },
+        sample_length: if p.sample_length == 0 {
+            d.sample_length
+        } else {
+            p.sample_length as usize
+        },
     }
 }
 
@@ -87,19 +97,53 @@ pub fn train_event(e: TrainEvent) -> pb::TrainEvent {
             validation_sequences,
             vocab_size,
         }),
-        TrainEvent::Batch { epoch, step, steps_per_epoch, loss, sequences_per_second } => {
-            Event::Batch(pb::BatchProgress { epoch, step, steps_per_epoch, loss, sequences_per_second })
+        TrainEvent::Batch {
+            epoch,
+            step,
+            steps_per_epoch,
+            loss,
+            sequences_per_second,
+        } => Event::Batch(pb::BatchProgress {
+            epoch,
+            step,
+            steps_per_epoch,
+            loss,
+            sequences_per_second,
+        }),
+        TrainEvent::EpochEnd {
+            epoch,
+            loss,
+            val_loss,
+            seconds,
+        } => Event::EpochEnd(pb::EpochEnd {
+            epoch,
+            loss,
+            val_loss,
+            seconds,
+        }),
+        TrainEvent::Sample {
+            epoch,
+            temperature,
+            seed_text,
+            text,
+        } => Event::Sample(pb::TextSample {
+            epoch,
+            temperature,
+            seed_text,
+            text,
+        }),
+        TrainEvent::Checkpoint { epoch, checkpoint } => {
+            Event::Checkpoint(pb::CheckpointWritten { epoch, checkpoint })
         }
-        TrainEvent::EpochEnd { epoch, loss, val_loss, seconds } => {
-            Event::EpochEnd(pb::EpochEnd { epoch, loss, val_loss, seconds })
-        }
-        TrainEvent::Sample { epoch, temperature, seed_text, text } => {
-            Event::Sample(pb::TextSample { epoch, temperature, seed_text, text })
-        }
-        TrainEvent::Checkpoint { epoch, checkpoint } => Event::Checkpoint(pb::CheckpointWritten { epoch, checkpoint }),
-        TrainEvent::Finished { epochs_trained, final_loss, seconds } => {
-            Event::Finished(pb::TrainFinished { epochs_trained, final_loss, seconds })
-        }
+        TrainEvent::Finished {
+            epochs_trained,
+            final_loss,
+            seconds,
+        } => Event::Finished(pb::TrainFinished {
+            epochs_trained,
+            final_loss,
+            seconds,
+        }),
     };
     pb::TrainEvent { event: Some(event) }
 }
@@ -110,8 +154,14 @@ mod tests {
 
     #[test]
     fn unset_config_fields_keep_the_base_values() {
-        let base = CharLstmConfig { maxlen: 40, ..Default::default() };
-        let p = pb::CharLstmConfig { hidden: 64, ..Default::default() };
+        let base = CharLstmConfig {
+            maxlen: 40,
+            ..Default::default()
+        };
+        let p = pb::CharLstmConfig {
+            hidden: 64,
+            ..Default::default()
+        };
         let c = char_lstm_config(Some(&p), &base);
         assert_eq!((c.maxlen, c.step, c.hidden, c.lowercase), (40, 3, 64, true));
     }
@@ -120,7 +170,10 @@ mod tests {
     fn default_train_options_are_the_books() {
         let o = train_options(Some(&pb::TrainOptions::default()));
         assert_eq!(o, TextTrainOptions::default());
-        let o = train_options(Some(&pb::TrainOptions { no_samples: true, ..Default::default() }));
+        let o = train_options(Some(&pb::TrainOptions {
+            no_samples: true,
+            ..Default::default()
+        }));
         assert!(o.sample_temperatures.is_empty());
     }
 }

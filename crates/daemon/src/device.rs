@@ -71,13 +71,26 @@ mod tests {
     fn device_specs_parse() {
         assert_eq!("cuda:3".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(3)));
         assert_eq!("auto".parse::<DeviceSpec>(), Ok(DeviceSpec::Auto));
-        assert!("gpu".parse::<DeviceSpec>().unwrap_err().contains("cpu, cuda:N or auto"));
-        assert_eq!(DeviceSpec::Auto.open().map(|d| d.is_cpu()), Ok(!cfg!(feature = "cuda") || !candle_core::utils::cuda_is_available()));
+        assert!(
+            "gpu"
+                .parse::<DeviceSpec>()
+                .unwrap_err()
+                .contains("cpu, cuda:N or auto")
+        );
+        assert_eq!(
+            DeviceSpec::Auto.open().map(|d| d.is_cpu()),
+            Ok(!cfg!(feature = "cuda") || !candle_core::utils::cuda_is_available())
+        );
     }
 
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn cuda_without_the_feature_names_the_flag() {
-        assert!(DeviceSpec::Cuda(0).open().unwrap_err().contains("--features cuda"));
+        assert!(
+            DeviceSpec::Cuda(0)
+                .open()
+                .unwrap_err()
+                .contains("--features cuda")
+        );
     }
 }

@@ -19,7 +19,11 @@ use crate::worker;
 
 /// Serves on `listener` until `shutdown` resolves; then reports NOT_SERVING, stops
 /// accepting, lets the worker finish its current step and joins it.
-pub async fn serve(config: DaemonConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn serve(
+    config: DaemonConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     serve_inner(config, listener, shutdown, || {}).await
 }
 
@@ -29,10 +33,12 @@ async fn serve_inner(
     shutdown: impl Future<Output = ()> + Send,
     on_ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    let store = Arc::new(
-        ModelStore::open(&config.state_dir)
-            .with_context(|| format!("cannot open the state directory {}", config.state_dir.display()))?,
-    );
+    let store = Arc::new(ModelStore::open(&config.state_dir).with_context(|| {
+        format!(
+            "cannot open the state directory {}",
+            config.state_dir.display()
+        )
+    })?);
     let (handle, thread) = worker::spawn(config.device, store.clone(), config.queue_depth)
         .map_err(|e| anyhow::anyhow!(e))?;
     let device = handle.device.clone();
@@ -58,14 +64,18 @@ async fn serve_inner(
         .add_service(oneiro)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
-            shutdown_reporter.set_not_serving::<OneiroServer<OneiroService>>().await;
+            shutdown_reporter
+                .set_not_serving::<OneiroServer<OneiroService>>()
+                .await;
             info!("shutting down");
         })
         .await
         .context("gRPC server failed")?;
     // The service (and with it the worker's job queue) is dropped by now: the worker
     // ends after its current job, whose streams are closed.
-    tokio::task::spawn_blocking(move || thread.join()).await.ok();
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .ok();
     Ok(())
 }
 
@@ -92,7 +102,9 @@ impl RunningDaemon {
 
 /// Starts a daemon on `addr` (use port 0 for any free port) on the current runtime.
 pub async fn spawn(config: DaemonConfig, addr: SocketAddr) -> anyhow::Result<RunningDaemon> {
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
     // Fail fast on start-up errors (state directory, device) rather than on first call.
@@ -111,5 +123,9 @@ pub async fn spawn(config: DaemonConfig, addr: SocketAddr) -> anyhow::Result<Run
         task.await??;
         anyhow::bail!("the daemon stopped while starting");
     }
-    Ok(RunningDaemon { addr, stop: Some(stop), task })
+    Ok(RunningDaemon {
+        addr,
+        stop: Some(stop),
+        task,
+    })
 }

@@ -32,7 +32,11 @@ pub struct OneiroService {
 
 impl OneiroService {
     pub fn new(config: DaemonConfig, store: Arc<ModelStore>, worker: WorkerHandle) -> Self {
-        Self { config, store, worker }
+        Self {
+            config,
+            store,
+            worker,
+        }
     }
 
     /// Runs a blocking store operation off the async threads.
@@ -57,7 +61,8 @@ impl OneiroService {
             Some(pb::text_corpus::Source::Text(t)) => t.clone(),
             Some(pb::text_corpus::Source::ServerPath(p)) => {
                 let path = Path::new(p);
-                let meta = std::fs::metadata(path).map_err(|e| invalid(format!("cannot read corpus {p:?}: {e}")))?;
+                let meta = std::fs::metadata(path)
+                    .map_err(|e| invalid(format!("cannot read corpus {p:?}: {e}")))?;
                 if meta.len() as usize > self.config.max_corpus_bytes {
                     return Err(invalid(format!(
                         "corpus {p:?} has {} bytes, over the limit of {}",
@@ -65,12 +70,20 @@ impl OneiroService {
                         self.config.max_corpus_bytes
                     )));
                 }
-                let bytes = std::fs::read(path).map_err(|e| invalid(format!("cannot read corpus {p:?}: {e}")))?;
+                let bytes = std::fs::read(path)
+                    .map_err(|e| invalid(format!("cannot read corpus {p:?}: {e}")))?;
                 String::from_utf8(bytes).map_err(|e| {
-                    invalid(format!("corpus {p:?} is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
+                    invalid(format!(
+                        "corpus {p:?} is not UTF-8 text (invalid byte at offset {})",
+                        e.utf8_error().valid_up_to()
+                    ))
                 })?
             }
-            None => return Err(invalid("the request has no corpus: send text or a server path".into())),
+            None => {
+                return Err(invalid(
+                    "the request has no corpus: send text or a server path".into(),
+                ));
+            }
         };
         if text.len() > self.config.max_corpus_bytes {
             return Err(invalid(format!(
@@ -86,10 +99,10 @@ impl OneiroService {
 /// Creates the model when asked to, or checks that explicitly requested settings match
 /// the existing model's.
 fn ensure_model(store: &ModelStore, req: &pb::TrainRequest) -> Result<ModelRecord, ServiceError> {
-    let requested = match &req.create_config {
-        Some(pb::train_request::CreateConfig::CharLstm(c)) => Some(c),
-        None => None,
-    };
+    let requested = req
+        .create_config
+        .as_ref()
+        .map(|pb::train_request::CreateConfig::CharLstm(c)| c);
     match store.load(&req.model) {
         Ok(record) => {
             if let Some(p) = requested {
@@ -115,7 +128,10 @@ fn ensure_model(store: &ModelStore, req: &pb::TrainRequest) -> Result<ModelRecor
 
 #[tonic::async_trait]
 impl Oneiro for OneiroService {
-    async fn info(&self, _: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
+    async fn info(
+        &self,
+        _: Request<pb::InfoRequest>,
+    ) -> Result<Response<pb::InfoResponse>, Status> {
         Ok(Response::new(pb::InfoResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             device: self.worker.device.clone(),
@@ -128,10 +144,15 @@ impl Oneiro for OneiroService {
         }))
     }
 
-    async fn create_model(&self, req: Request<pb::CreateModelRequest>) -> Result<Response<pb::ModelInfo>, Status> {
+    async fn create_model(
+        &self,
+        req: Request<pb::CreateModelRequest>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
         let req = req.into_inner();
         let config = match &req.config {
-            Some(pb::create_model_request::Config::CharLstm(c)) => convert::char_lstm_config(Some(c), &Default::default()),
+            Some(pb::create_model_request::Config::CharLstm(c)) => {
+                convert::char_lstm_config(Some(c), &Default::default())
+            }
             None => Default::default(),
         };
         let info = self
@@ -144,18 +165,31 @@ impl Oneiro for OneiroService {
         Ok(Response::new(info))
     }
 
-    async fn list_models(&self, _: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsResponse>, Status> {
-        let models = self.with_store(|s| Ok(s.list()?.iter().map(convert::model_info).collect())).await?;
+    async fn list_models(
+        &self,
+        _: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let models = self
+            .with_store(|s| Ok(s.list()?.iter().map(convert::model_info).collect()))
+            .await?;
         Ok(Response::new(pb::ListModelsResponse { models }))
     }
 
-    async fn describe_model(&self, req: Request<pb::DescribeModelRequest>) -> Result<Response<pb::ModelInfo>, Status> {
+    async fn describe_model(
+        &self,
+        req: Request<pb::DescribeModelRequest>,
+    ) -> Result<Response<pb::ModelInfo>, Status> {
         let name = req.into_inner().name;
-        let info = self.with_store(move |s| Ok(convert::model_info(&s.load(&name)?))).await?;
+        let info = self
+            .with_store(move |s| Ok(convert::model_info(&s.load(&name)?)))
+            .await?;
         Ok(Response::new(info))
     }
 
-    async fn delete_model(&self, req: Request<pb::DeleteModelRequest>) -> Result<Response<pb::DeleteModelResponse>, Status> {
+    async fn delete_model(
+        &self,
+        req: Request<pb::DeleteModelRequest>,
+    ) -> Result<Response<pb::DeleteModelResponse>, Status> {
         let name = req.into_inner().name;
         validate_name(&name).map_err(ServiceError::from)?;
         if self.worker.is_training(&name) {
@@ -167,7 +201,10 @@ impl Oneiro for OneiroService {
 
     type TrainStream = EventStream<pb::TrainEvent>;
 
-    async fn train(&self, req: Request<pb::TrainRequest>) -> Result<Response<Self::TrainStream>, Status> {
+    async fn train(
+        &self,
+        req: Request<pb::TrainRequest>,
+    ) -> Result<Response<Self::TrainStream>, Status> {
         let req = req.into_inner();
         validate_name(&req.model).map_err(ServiceError::from)?;
         let options = convert::train_options(req.options.as_ref());
@@ -181,13 +218,22 @@ impl Oneiro for OneiroService {
         self.with_store(move |s| ensure_model(s, &r)).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let span = info_span!("train", model = %req.model);
-        self.worker.submit(Job::Train { model: req.model.clone(), corpus, options, events: tx, span })?;
+        self.worker.submit(Job::Train {
+            model: req.model.clone(),
+            corpus,
+            options,
+            events: tx,
+            span,
+        })?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type GenerateStream = EventStream<pb::GenerateChunk>;
 
-    async fn generate(&self, req: Request<pb::GenerateRequest>) -> Result<Response<Self::GenerateStream>, Status> {
+    async fn generate(
+        &self,
+        req: Request<pb::GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
         let req = req.into_inner();
         validate_name(&req.model).map_err(ServiceError::from)?;
         let temperature = req.temperature.unwrap_or(1.0);

@@ -58,15 +58,19 @@ impl WorkerHandle {
     /// Queues a job, or fails at once when the queue is full.
     pub fn submit(&self, job: Job) -> Result<(), ServiceError> {
         self.jobs.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                ServiceError::QueueFull { device: self.device.clone(), depth: self.depth }
-            }
+            mpsc::error::TrySendError::Full(_) => ServiceError::QueueFull {
+                device: self.device.clone(),
+                depth: self.depth,
+            },
             mpsc::error::TrySendError::Closed(_) => ServiceError::WorkerGone,
         })
     }
 
     pub fn is_training(&self, model: &str) -> bool {
-        self.training.lock().expect("training set poisoned").contains(model)
+        self.training
+            .lock()
+            .expect("training set poisoned")
+            .contains(model)
     }
 }
 
@@ -85,15 +89,31 @@ pub fn spawn(
         .spawn(move || match spec.open() {
             Ok(device) => {
                 let _ = ready_tx.send(Ok(device_name(&device)));
-                Worker { device, store, training: training_w, cache: HashMap::new() }.run(rx);
+                Worker {
+                    device,
+                    store,
+                    training: training_w,
+                    cache: HashMap::new(),
+                }
+                .run(rx);
             }
             Err(e) => {
                 let _ = ready_tx.send(Err(e));
             }
         })
         .map_err(|e| format!("cannot start the worker thread: {e}"))?;
-    let device = ready_rx.recv().map_err(|_| "the worker thread died while starting".to_string())??;
-    Ok((WorkerHandle { jobs: tx, depth: queue_depth, device, training }, thread))
+    let device = ready_rx
+        .recv()
+        .map_err(|_| "the worker thread died while starting".to_string())??;
+    Ok((
+        WorkerHandle {
+            jobs: tx,
+            depth: queue_depth,
+            device,
+            training,
+        },
+        thread,
+    ))
 }
 
 struct Worker {
@@ -127,7 +147,9 @@ impl EventSink for StreamSink {
     }
 
     fn should_stop(&mut self) -> Option<Stop> {
-        self.tx.is_closed().then(|| Stop("the client disconnected".into()))
+        self.tx
+            .is_closed()
+            .then(|| Stop("the client disconnected".into()))
     }
 }
 
@@ -136,9 +158,18 @@ impl Worker {
         info!(device = %device_name(&self.device), "worker started");
         while let Some(job) = rx.blocking_recv() {
             match job {
-                Job::Train { model, corpus, options, events, span } => {
+                Job::Train {
+                    model,
+                    corpus,
+                    options,
+                    events,
+                    span,
+                } => {
                     let _g = span.enter();
-                    self.training.lock().expect("training set poisoned").insert(model.clone());
+                    self.training
+                        .lock()
+                        .expect("training set poisoned")
+                        .insert(model.clone());
                     let result = train_char_lstm(
                         &self.store,
                         &model,
@@ -147,7 +178,10 @@ impl Worker {
                         &self.device,
                         &mut StreamSink { tx: events.clone() },
                     );
-                    self.training.lock().expect("training set poisoned").remove(&model);
+                    self.training
+                        .lock()
+                        .expect("training set poisoned")
+                        .remove(&model);
                     self.cache.remove(&model);
                     match result {
                         Ok(r) => info!(model, epochs = r.epochs_trained, "training finished"),
@@ -157,12 +191,22 @@ impl Worker {
                         }
                     }
                 }
-                Job::Generate { model, seed_text, temperature, length, seed, chunks, span } => {
+                Job::Generate {
+                    model,
+                    seed_text,
+                    temperature,
+                    length,
+                    seed,
+                    chunks,
+                    span,
+                } => {
                     let _g = span.enter();
                     if chunks.is_closed() {
                         continue;
                     }
-                    if let Err(e) = self.generate(&model, &seed_text, temperature, length, seed, &chunks) {
+                    if let Err(e) =
+                        self.generate(&model, &seed_text, temperature, length, seed, &chunks)
+                    {
                         let _ = chunks.blocking_send(Err(e.into()));
                     }
                 }
@@ -171,7 +215,10 @@ impl Worker {
         info!("worker stopped");
     }
 
-    fn generator(&mut self, name: &str) -> Result<(Arc<CharGenerator>, Option<String>), ServiceError> {
+    fn generator(
+        &mut self,
+        name: &str,
+    ) -> Result<(Arc<CharGenerator>, Option<String>), ServiceError> {
         let record = self.store.load(name)?;
         let key = (record.uid, record.revision);
         if let Some((k, g)) = self.cache.get(name)
@@ -181,7 +228,11 @@ impl Worker {
         }
         let started = Instant::now();
         let g = Arc::new(CharGenerator::load(&self.store, &record, &self.device)?);
-        info!(model = name, ms = started.elapsed().as_millis() as u64, "model loaded");
+        info!(
+            model = name,
+            ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
         self.cache.insert(name.to_string(), (key, g.clone()));
         Ok((g, record.seed_text))
     }
@@ -196,7 +247,11 @@ impl Worker {
         chunks: &Reply<pb::GenerateChunk>,
     ) -> Result<(), ServiceError> {
         let (generator, saved_seed) = self.generator(name)?;
-        let seed_text = if seed_text.is_empty() { saved_seed.unwrap_or_default() } else { seed_text.to_string() };
+        let seed_text = if seed_text.is_empty() {
+            saved_seed.unwrap_or_default()
+        } else {
+            seed_text.to_string()
+        };
         let seed_ids = generator.encode_seed(&seed_text)?;
         let used: String = seed_ids[seed_ids.len().saturating_sub(generator.maxlen)..]
             .iter()
@@ -213,7 +268,10 @@ impl Worker {
         let mut first = Some(used);
         let mut last_flush = Instant::now();
         let flush = |pending: &mut String, first: &mut Option<String>| -> bool {
-            let chunk = pb::GenerateChunk { text: std::mem::take(pending), seed_text: first.take().unwrap_or_default() };
+            let chunk = pb::GenerateChunk {
+                text: std::mem::take(pending),
+                seed_text: first.take().unwrap_or_default(),
+            };
             chunks.blocking_send(Ok(chunk)).is_ok()
         };
         generator.generate(&seed_ids, temperature, length, &mut rng, &mut |c| {

@@ -30,20 +30,31 @@ pub struct CharLstmConfig {
 
 impl Default for CharLstmConfig {
     fn default() -> Self {
-        Self { maxlen: 60, step: 3, hidden: 128, lowercase: true }
+        Self {
+            maxlen: 60,
+            step: 3,
+            hidden: 128,
+            lowercase: true,
+        }
     }
 }
 
 impl CharLstmConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.maxlen == 0 || self.maxlen > 10_000 {
-            return Err(format!("maxlen must be between 1 and 10000, got {}", self.maxlen));
+            return Err(format!(
+                "maxlen must be between 1 and 10000, got {}",
+                self.maxlen
+            ));
         }
         if self.step == 0 {
             return Err("step must be at least 1".into());
         }
         if self.hidden == 0 || self.hidden > 8192 {
-            return Err(format!("hidden must be between 1 and 8192, got {}", self.hidden));
+            return Err(format!(
+                "hidden must be between 1 and 8192, got {}",
+                self.hidden
+            ));
         }
         Ok(())
     }
@@ -68,12 +79,24 @@ pub struct CharLstm {
 impl CharLstm {
     fn expected_shapes(vocab: usize, hidden: usize) -> [Vec<usize>; 6] {
         let g = 4 * hidden;
-        [vec![g, vocab], vec![g, hidden], vec![g], vec![g], vec![vocab, hidden], vec![vocab]]
+        [
+            vec![g, vocab],
+            vec![g, hidden],
+            vec![g],
+            vec![g],
+            vec![vocab, hidden],
+            vec![vocab],
+        ]
     }
 
     /// Fresh weights with Keras' initialisers: Glorot-uniform kernels, an orthogonal
     /// recurrent kernel, zero biases except the forget gate's (1, `unit_forget_bias`).
-    pub fn new_random(vocab: usize, hidden: usize, rng: &mut impl Rng, dev: &Device) -> Result<Self> {
+    pub fn new_random(
+        vocab: usize,
+        hidden: usize,
+        rng: &mut impl Rng,
+        dev: &Device,
+    ) -> Result<Self> {
         let g = 4 * hidden;
         let mut forget = vec![0f32; g];
         forget[hidden..2 * hidden].iter_mut().for_each(|b| *b = 1.0);
@@ -85,27 +108,49 @@ impl CharLstm {
             init::glorot_uniform((vocab, hidden), hidden, vocab, rng, dev)?,
             Tensor::zeros(vocab, DType::F32, dev)?,
         ];
-        let params = tensors.iter().map(Var::from_tensor).collect::<Result<_>>()?;
-        Ok(Self { vocab, hidden, params })
+        let params = tensors
+            .iter()
+            .map(Var::from_tensor)
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            vocab,
+            hidden,
+            params,
+        })
     }
 
     /// From saved weights (keys of [`WEIGHT_KEYS`]), checking every shape.
-    pub fn from_tensors(weights: &HashMap<String, Tensor>, vocab: usize, hidden: usize, dev: &Device) -> Result<Self> {
+    pub fn from_tensors(
+        weights: &HashMap<String, Tensor>,
+        vocab: usize,
+        hidden: usize,
+        dev: &Device,
+    ) -> Result<Self> {
         let shapes = Self::expected_shapes(vocab, hidden);
         let mut params = Vec::with_capacity(6);
         for (key, shape) in WEIGHT_KEYS.iter().zip(shapes) {
-            let Some(t) = weights.get(*key) else { bail!("weights lack `{key}`") };
+            let Some(t) = weights.get(*key) else {
+                bail!("weights lack `{key}`")
+            };
             if t.dims() != shape.as_slice() {
                 bail!("`{key}` has shape {:?}, expected {shape:?}", t.dims())
             }
             params.push(Var::from_tensor(&t.to_device(dev)?.to_dtype(DType::F32)?)?);
         }
-        Ok(Self { vocab, hidden, params })
+        Ok(Self {
+            vocab,
+            hidden,
+            params,
+        })
     }
 
     /// Named weights, for saving.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
-        WEIGHT_KEYS.iter().zip(&self.params).map(|(k, v)| (k.to_string(), v.as_tensor().clone())).collect()
+        WEIGHT_KEYS
+            .iter()
+            .zip(&self.params)
+            .map(|(k, v)| (k.to_string(), v.as_tensor().clone()))
+            .collect()
     }
 
     /// The trainable variables, in the order of [`WEIGHT_KEYS`].
@@ -139,12 +184,18 @@ impl CharLstm {
     /// backward pass needs.
     pub fn forward(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
         let h = lstm_last_hidden(ids, &self.input_table()?, &self.params[1], train)?;
-        h.matmul(&self.params[4].t()?)?.broadcast_add(&self.params[5])
+        h.matmul(&self.params[4].t()?)?
+            .broadcast_add(&self.params[5])
     }
 
     /// A graph-free batch-1 runner for generation on the CPU.
     pub fn cpu_runner(&self) -> Result<CpuLstmRunner> {
-        CpuLstmRunner::new(&self.input_table()?, &self.params[1], &self.params[4], &self.params[5])
+        CpuLstmRunner::new(
+            &self.input_table()?,
+            &self.params[1],
+            &self.params[4],
+            &self.params[5],
+        )
     }
 }
 
@@ -161,7 +212,9 @@ mod tests {
         let saved: HashMap<String, Tensor> = m.tensors().into_iter().collect();
         let loaded = CharLstm::from_tensors(&saved, 7, 5, &Device::Cpu)?;
         let ids = Tensor::new(&[[1u32, 2, 3], [6, 0, 0]], &Device::Cpu)?;
-        let diff = (m.forward(&ids, false)? - loaded.forward(&ids, false)?)?.abs()?.max_all()?;
+        let diff = (m.forward(&ids, false)? - loaded.forward(&ids, false)?)?
+            .abs()?
+            .max_all()?;
         assert_eq!(diff.to_scalar::<f32>()?, 0.0);
         Ok(())
     }
@@ -171,8 +224,14 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let m = CharLstm::new_random(7, 5, &mut rng, &Device::Cpu)?;
         let saved: HashMap<String, Tensor> = m.tensors().into_iter().collect();
-        let err = CharLstm::from_tensors(&saved, 8, 5, &Device::Cpu).err().unwrap().to_string();
-        assert!(err.contains("lstm.weight_ih_l0") && err.contains("[20, 8]"), "{err}");
+        let err = CharLstm::from_tensors(&saved, 8, 5, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("lstm.weight_ih_l0") && err.contains("[20, 8]"),
+            "{err}"
+        );
         Ok(())
     }
 
@@ -180,7 +239,10 @@ mod tests {
     fn forget_gate_bias_starts_at_one() -> Result<()> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let m = CharLstm::new_random(3, 2, &mut rng, &Device::Cpu)?;
-        assert_eq!(m.params[2].to_vec1::<f32>()?, vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(
+            m.params[2].to_vec1::<f32>()?,
+            vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+        );
         Ok(())
     }
 }

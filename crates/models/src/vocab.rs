@@ -15,20 +15,32 @@ pub struct UnknownChars(pub Vec<char>);
 
 /// `'a', '\n', 'é'` – readable even for control characters.
 pub fn describe_chars(chars: &[char]) -> String {
-    chars.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ")
+    chars
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Vocabulary {
     /// The sorted set of distinct characters of `text`.
     pub fn from_text(text: &str) -> Self {
-        let mut chars: Vec<char> = text.chars().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let mut chars: Vec<char> = text
+            .chars()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         chars.dedup();
         Self::from_chars(chars)
     }
 
     /// From an already sorted, distinct list (as saved with a model).
     pub fn from_chars(chars: Vec<char>) -> Self {
-        let index = chars.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
+        let index = chars
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| (c, i as u32))
+            .collect();
         Self { chars, index }
     }
 
@@ -65,7 +77,11 @@ impl Vocabulary {
                 id
             })
             .collect();
-        if unknown.is_empty() { Ok(ids) } else { Err(UnknownChars(unknown)) }
+        if unknown.is_empty() {
+            Ok(ids)
+        } else {
+            Err(UnknownChars(unknown))
+        }
     }
 }
 
@@ -85,6 +101,9 @@ mod tests {
         let v = Vocabulary::from_text("abc");
         let err = v.encode("abxzx\n").unwrap_err();
         assert_eq!(err.0, vec!['x', 'z', '\n']);
-        assert_eq!(err.to_string(), "characters not in the model's vocabulary: 'x', 'z', '\\n'");
+        assert_eq!(
+            err.to_string(),
+            "characters not in the model's vocabulary: 'x', 'z', '\\n'"
+        );
     }
 }

@@ -34,9 +34,19 @@ fn timed(mut f: impl FnMut() -> Result<()>, warmup: usize, steps: usize) -> Resu
 pub fn text_train(device: &Device, steps: usize) -> Result<f64> {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let model = CharLstm::new_random(VOCAB, HIDDEN, &mut rng, device)?;
-    let mut opt = RmsProp::new(model.vars(), RmsPropConfig { learning_rate: 0.01, ..Default::default() })?;
-    let ids: Vec<u32> = (0..BATCH * MAXLEN).map(|_| rng.random_range(0..VOCAB as u32)).collect();
-    let targets: Vec<u32> = (0..BATCH).map(|_| rng.random_range(0..VOCAB as u32)).collect();
+    let mut opt = RmsProp::new(
+        model.vars(),
+        RmsPropConfig {
+            learning_rate: 0.01,
+            ..Default::default()
+        },
+    )?;
+    let ids: Vec<u32> = (0..BATCH * MAXLEN)
+        .map(|_| rng.random_range(0..VOCAB as u32))
+        .collect();
+    let targets: Vec<u32> = (0..BATCH)
+        .map(|_| rng.random_range(0..VOCAB as u32))
+        .collect();
     let x = Tensor::from_vec(ids, (BATCH, MAXLEN), device)?;
     let y = Tensor::from_vec(targets, BATCH, device)?;
     timed(
@@ -56,10 +66,16 @@ pub fn text_train(device: &Device, steps: usize) -> Result<f64> {
 /// 60-character window. Returns seconds per character.
 pub fn text_generate(device: &Device, chars: usize) -> Result<f64> {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let vocab = Vocabulary::from_chars((0..VOCAB as u32).map(|i| char::from_u32(0x41 + i).unwrap()).collect());
+    let vocab = Vocabulary::from_chars(
+        (0..VOCAB as u32)
+            .map(|i| char::from_u32(0x41 + i).unwrap())
+            .collect(),
+    );
     let model = CharLstm::new_random(VOCAB, HIDDEN, &mut rng, device)?;
     let generator = CharGenerator::new(model, vocab, MAXLEN, false)?;
-    let seed: Vec<u32> = (0..MAXLEN).map(|_| rng.random_range(0..VOCAB as u32)).collect();
+    let seed: Vec<u32> = (0..MAXLEN)
+        .map(|_| rng.random_range(0..VOCAB as u32))
+        .collect();
     let per_run = timed(
         || {
             generator.generate(&seed, 0.5, chars, &mut rng, &mut |_| true)?;

@@ -99,7 +99,9 @@ pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {
@@ -116,7 +118,10 @@ pub struct ModelStore {
 /// Writes `bytes` to `path` through a synced temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().expect("file inside a directory");
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
     {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -132,7 +137,10 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl ModelStore {
@@ -155,9 +163,15 @@ impl ModelStore {
     pub fn create(&self, record: &ModelRecord) -> Result<()> {
         let dir = self.dir(&record.name)?;
         if dir.join("model.json").is_file() {
-            return Err(Error::AlreadyExists(format!("model {:?} already exists", record.name)));
+            return Err(Error::AlreadyExists(format!(
+                "model {:?} already exists",
+                record.name
+            )));
         }
-        record.char_lstm.validate().map_err(Error::InvalidArgument)?;
+        record
+            .char_lstm
+            .validate()
+            .map_err(Error::InvalidArgument)?;
         fs::create_dir_all(dir.join("checkpoints"))?;
         self.write_record(record)
     }
@@ -179,7 +193,11 @@ impl ModelStore {
         let record: ModelRecord = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
         if record.format != FORMAT {
-            return Err(Error::Corrupt(format!("{}: unknown format {}", path.display(), record.format)));
+            return Err(Error::Corrupt(format!(
+                "{}: unknown format {}",
+                path.display(),
+                record.format
+            )));
         }
         Ok(record)
     }
@@ -231,7 +249,10 @@ impl ModelStore {
             fs::remove_dir_all(&tmp)?;
         }
         fs::create_dir_all(&tmp)?;
-        for (file, tensors) in [("weights.safetensors", weights), ("optimizer.safetensors", optimizer)] {
+        for (file, tensors) in [
+            ("weights.safetensors", weights),
+            ("optimizer.safetensors", optimizer),
+        ] {
             let map: HashMap<String, Tensor> = tensors.iter().cloned().collect();
             let path = tmp.join(file);
             candle_core::safetensors::save(&map, &path)?;
@@ -276,7 +297,10 @@ impl ModelStore {
         device: &Device,
     ) -> Result<(HashMap<String, Tensor>, HashMap<String, Tensor>)> {
         let Some(id) = &record.checkpoint else {
-            return Err(Error::FailedPrecondition(format!("model {:?} has not been trained yet", record.name)));
+            return Err(Error::FailedPrecondition(format!(
+                "model {:?} has not been trained yet",
+                record.name
+            )));
         };
         let dir = self.dir(&record.name)?.join("checkpoints").join(id);
         let load = |file: &str| -> Result<HashMap<String, Tensor>> {
@@ -309,7 +333,10 @@ mod tests {
         let mut rec = ModelRecord::new_char_lstm("m", CharLstmConfig::default());
         store.create(&rec)?;
         assert!(matches!(store.create(&rec), Err(Error::AlreadyExists(_))));
-        assert!(matches!(store.load_checkpoint(&rec, &Device::Cpu), Err(Error::FailedPrecondition(_))));
+        assert!(matches!(
+            store.load_checkpoint(&rec, &Device::Cpu),
+            Err(Error::FailedPrecondition(_))
+        ));
         for epoch in 1..=3u32 {
             rec.epochs_trained = epoch;
             let w = vec![("w".to_string(), Tensor::new(&[epoch as f32], &Device::Cpu)?)];
@@ -333,13 +360,23 @@ mod tests {
         let store = ModelStore::open(tmp.path())?;
         let mut rec = ModelRecord::new_char_lstm("m", CharLstmConfig::default());
         store.create(&rec)?;
-        let w = vec![("w".to_string(), Tensor::zeros(100, candle_core::DType::F32, &Device::Cpu)?)];
+        let w = vec![(
+            "w".to_string(),
+            Tensor::zeros(100, candle_core::DType::F32, &Device::Cpu)?,
+        )];
         let id = store.save_checkpoint(&mut rec, &w, &[])?;
-        let path = tmp.path().join("models/m/checkpoints").join(id).join("weights.safetensors");
+        let path = tmp
+            .path()
+            .join("models/m/checkpoints")
+            .join(id)
+            .join("weights.safetensors");
         let bytes = fs::read(&path)?;
         fs::write(&path, &bytes[..bytes.len() / 2])?;
         let err = store.load_checkpoint(&rec, &Device::Cpu).unwrap_err();
-        assert!(matches!(err, Error::Corrupt(_)) && err.to_string().contains("weights.safetensors"), "{err}");
+        assert!(
+            matches!(err, Error::Corrupt(_)) && err.to_string().contains("weights.safetensors"),
+            "{err}"
+        );
         Ok(())
     }
 }

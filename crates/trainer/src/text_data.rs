@@ -18,7 +18,11 @@ impl CharCorpus {
     /// Pre-processes `text` as the model's config says. With `vocab` (a model trained
     /// before), every character must be in it; without, the vocabulary is built from
     /// the text.
-    pub fn prepare(text: &str, config: &CharLstmConfig, vocab: Option<&Vocabulary>) -> Result<Self> {
+    pub fn prepare(
+        text: &str,
+        config: &CharLstmConfig,
+        vocab: Option<&Vocabulary>,
+    ) -> Result<Self> {
         config.validate().map_err(Error::InvalidArgument)?;
         if text.is_empty() {
             return Err(Error::invalid("the corpus is empty"));
@@ -60,7 +64,12 @@ impl CharCorpus {
                 config.maxlen + 1
             )));
         }
-        Ok(Self { vocab, ids, maxlen: config.maxlen, step: config.step })
+        Ok(Self {
+            vocab,
+            ids,
+            maxlen: config.maxlen,
+            step: config.step,
+        })
     }
 
     /// Number of windows: the book's `range(0, len(text) - maxlen, step)`.
@@ -71,14 +80,19 @@ impl CharCorpus {
     /// The characters of window `w` and its target.
     pub fn window(&self, w: usize) -> (&[u32], u32) {
         let start = w * self.step;
-        (&self.ids[start..start + self.maxlen], self.ids[start + self.maxlen])
+        (
+            &self.ids[start..start + self.maxlen],
+            self.ids[start + self.maxlen],
+        )
     }
 
     /// Splits window indices Keras' way: the last `fraction` is held out (before any
     /// shuffling).
     pub fn split(&self, fraction: f32) -> Result<(Vec<usize>, Vec<usize>)> {
         if !(0.0..1.0).contains(&fraction) {
-            return Err(Error::invalid(format!("validation split must be in [0, 1), got {fraction}")));
+            return Err(Error::invalid(format!(
+                "validation split must be in [0, 1), got {fraction}"
+            )));
         }
         let n = self.window_count();
         let at = ((n as f64) * (1.0 - fraction as f64)) as usize;
@@ -112,7 +126,12 @@ mod tests {
     use super::*;
 
     fn cfg(maxlen: usize, step: usize) -> CharLstmConfig {
-        CharLstmConfig { maxlen, step, hidden: 8, lowercase: true }
+        CharLstmConfig {
+            maxlen,
+            step,
+            hidden: 8,
+            lowercase: true,
+        }
     }
 
     #[test]
@@ -126,12 +145,17 @@ mod tests {
 
     #[test]
     fn bad_corpora_get_clear_errors() {
-        let err = |t: &str, c: CharLstmConfig| CharCorpus::prepare(t, &c, None).err().unwrap().to_string();
+        let err = |t: &str, c: CharLstmConfig| {
+            CharCorpus::prepare(t, &c, None).err().unwrap().to_string()
+        };
         assert_eq!(err("", cfg(4, 1)), "the corpus is empty");
         assert!(err("aaaaaaa", cfg(4, 1)).contains("single distinct character ('a')"));
         assert!(err("abcab", cfg(10, 1)).contains("5 characters; maxlen 10 needs at least 11"));
         let vocab = Vocabulary::from_text("abc");
-        let e = CharCorpus::prepare("abcxd", &cfg(2, 1), Some(&vocab)).err().unwrap().to_string();
+        let e = CharCorpus::prepare("abcxd", &cfg(2, 1), Some(&vocab))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("'x', 'd'"), "{e}");
     }
 

@@ -23,36 +23,60 @@ pub fn validate_temperature(t: f32) -> Result<()> {
     if t.is_finite() && t >= 0.0 {
         Ok(())
     } else {
-        Err(Error::invalid(format!("temperature must be a finite number >= 0 (0 = greedy), got {t}")))
+        Err(Error::invalid(format!(
+            "temperature must be a finite number >= 0 (0 = greedy), got {t}"
+        )))
     }
 }
 
 impl CharGenerator {
     pub fn new(model: CharLstm, vocab: Vocabulary, maxlen: usize, lowercase: bool) -> Result<Self> {
-        let runner = if model.device().is_cpu() { Some(model.cpu_runner()?) } else { None };
-        Ok(Self { model, vocab, maxlen, lowercase, runner })
+        let runner = if model.device().is_cpu() {
+            Some(model.cpu_runner()?)
+        } else {
+            None
+        };
+        Ok(Self {
+            model,
+            vocab,
+            maxlen,
+            lowercase,
+            runner,
+        })
     }
 
     /// Loads the current checkpoint of `record` onto `device`.
     pub fn load(store: &ModelStore, record: &ModelRecord, device: &Device) -> Result<Self> {
-        let vocab = record
-            .vocabulary()
-            .ok_or_else(|| Error::FailedPrecondition(format!("model {:?} has not been trained yet", record.name)))?;
+        let vocab = record.vocabulary().ok_or_else(|| {
+            Error::FailedPrecondition(format!("model {:?} has not been trained yet", record.name))
+        })?;
         let (weights, _) = store.load_checkpoint(record, device)?;
         let model = CharLstm::from_tensors(&weights, vocab.len(), record.char_lstm.hidden, device)
             .map_err(|e| Error::Corrupt(format!("model {:?}: {e}", record.name)))?;
-        Self::new(model, vocab, record.char_lstm.maxlen, record.char_lstm.lowercase)
+        Self::new(
+            model,
+            vocab,
+            record.char_lstm.maxlen,
+            record.char_lstm.lowercase,
+        )
     }
 
     /// Encodes a seed text the way the corpus was pre-processed; names any character
     /// outside the vocabulary.
     pub fn encode_seed(&self, seed: &str) -> Result<Vec<u32>> {
-        let seed = if self.lowercase { seed.to_lowercase() } else { seed.to_string() };
+        let seed = if self.lowercase {
+            seed.to_lowercase()
+        } else {
+            seed.to_string()
+        };
         if seed.is_empty() {
             return Err(Error::invalid("the seed text is empty"));
         }
         self.vocab.encode(&seed).map_err(|e| {
-            Error::invalid(format!("the seed text has characters outside the vocabulary: {}", describe_chars(&e.0)))
+            Error::invalid(format!(
+                "the seed text has characters outside the vocabulary: {}",
+                describe_chars(&e.0)
+            ))
         })
     }
 
@@ -96,7 +120,11 @@ impl CharGenerator {
                 let mut window: Vec<u32> = seed[seed.len().saturating_sub(self.maxlen)..].to_vec();
                 while drawn < length {
                     let ids = Tensor::new(window.as_slice(), self.model.device())?.unsqueeze(0)?;
-                    let logits = self.model.forward(&ids, false)?.squeeze(0)?.to_vec1::<f32>()?;
+                    let logits = self
+                        .model
+                        .forward(&ids, false)?
+                        .squeeze(0)?
+                        .to_vec1::<f32>()?;
                     sampling::softmax(&logits, &mut probs);
                     let next = sampling::sample(&probs, temperature, rng) as u32;
                     drawn += 1;
@@ -114,7 +142,13 @@ impl CharGenerator {
     }
 
     /// Convenience: the whole generated string.
-    pub fn generate_string(&self, seed: &[u32], temperature: f32, length: usize, rng: &mut (impl Rng + Send)) -> Result<String> {
+    pub fn generate_string(
+        &self,
+        seed: &[u32],
+        temperature: f32,
+        length: usize,
+        rng: &mut (impl Rng + Send),
+    ) -> Result<String> {
         let mut out = String::new();
         self.generate(seed, temperature, length, rng, &mut |c| {
             out.push(c);
@@ -136,7 +170,10 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let model = CharLstm::new_random(vocab.len(), 16, &mut rng, &Device::Cpu)?;
         let fast = CharGenerator::new(model, vocab.clone(), 6, true)?;
-        let slow = CharGenerator { runner: None, ..CharGenerator::new(fast.model_clone()?, vocab, 6, true)? };
+        let slow = CharGenerator {
+            runner: None,
+            ..CharGenerator::new(fast.model_clone()?, vocab, 6, true)?
+        };
         let seed = fast.encode_seed("Bad cab")?;
         for t in [0.0f32, 0.5, 1.2] {
             let a = fast.generate_string(&seed, t, 50, &mut ChaCha8Rng::seed_from_u64(9))?;
@@ -151,11 +188,19 @@ mod tests {
     fn bad_seeds_and_temperatures_are_named() -> Result<()> {
         let vocab = Vocabulary::from_text("abc");
         let mut rng = ChaCha8Rng::seed_from_u64(5);
-        let g = CharGenerator::new(CharLstm::new_random(3, 4, &mut rng, &Device::Cpu)?, vocab, 4, false)?;
+        let g = CharGenerator::new(
+            CharLstm::new_random(3, 4, &mut rng, &Device::Cpu)?,
+            vocab,
+            4,
+            false,
+        )?;
         let e = g.encode_seed("abQ!").unwrap_err().to_string();
         assert!(e.contains("'Q', '!'"), "{e}");
         for t in [-0.1f32, f32::NAN, f32::INFINITY] {
-            assert!(matches!(g.generate(&[0], t, 3, &mut rng, &mut |_| true), Err(Error::InvalidArgument(_))));
+            assert!(matches!(
+                g.generate(&[0], t, 3, &mut rng, &mut |_| true),
+                Err(Error::InvalidArgument(_))
+            ));
         }
         Ok(())
     }
@@ -164,7 +209,12 @@ mod tests {
     fn emit_returning_false_stops_generation() -> Result<()> {
         let vocab = Vocabulary::from_text("abc");
         let mut rng = ChaCha8Rng::seed_from_u64(5);
-        let g = CharGenerator::new(CharLstm::new_random(3, 4, &mut rng, &Device::Cpu)?, vocab, 4, false)?;
+        let g = CharGenerator::new(
+            CharLstm::new_random(3, 4, &mut rng, &Device::Cpu)?,
+            vocab,
+            4,
+            false,
+        )?;
         let mut seen = 0;
         let n = g.generate(&[0, 1], 1.0, 1000, &mut rng, &mut |_| {
             seen += 1;
@@ -177,7 +227,12 @@ mod tests {
     impl CharGenerator {
         fn model_clone(&self) -> Result<CharLstm> {
             let w = self.model.tensors().into_iter().collect();
-            Ok(CharLstm::from_tensors(&w, self.model.vocab(), self.model.hidden(), &Device::Cpu)?)
+            Ok(CharLstm::from_tensors(
+                &w,
+                self.model.vocab(),
+                self.model.hidden(),
+                &Device::Cpu,
+            )?)
         }
     }
 }

@@ -47,15 +47,23 @@ impl Default for TextTrainOptions {
 impl TextTrainOptions {
     pub fn validate(&self) -> Result<()> {
         if self.epochs == 0 || self.epochs > 100_000 {
-            return Err(Error::invalid(format!("epochs must be between 1 and 100000, got {}", self.epochs)));
+            return Err(Error::invalid(format!(
+                "epochs must be between 1 and 100000, got {}",
+                self.epochs
+            )));
         }
         if self.batch_size == 0 || self.batch_size > 65_536 {
-            return Err(Error::invalid(format!("batch size must be between 1 and 65536, got {}", self.batch_size)));
+            return Err(Error::invalid(format!(
+                "batch size must be between 1 and 65536, got {}",
+                self.batch_size
+            )));
         }
         if let Some(lr) = self.learning_rate
             && !(lr.is_finite() && lr > 0.0)
         {
-            return Err(Error::invalid(format!("learning rate must be a finite number > 0, got {lr}")));
+            return Err(Error::invalid(format!(
+                "learning rate must be a finite number > 0, got {lr}"
+            )));
         }
         for &t in &self.sample_temperatures {
             validate_temperature(t)?;
@@ -75,7 +83,13 @@ fn rng_for(seed: u64, epoch: u32, purpose: u64) -> ChaCha8Rng {
 }
 
 /// Mean cross-entropy of `windows` (no gradients), in batches.
-fn evaluate(model: &CharLstm, corpus: &CharCorpus, windows: &[usize], batch: usize, dev: &Device) -> Result<f32> {
+fn evaluate(
+    model: &CharLstm,
+    corpus: &CharCorpus,
+    windows: &[usize],
+    batch: usize,
+    dev: &Device,
+) -> Result<f32> {
     let (mut ids, mut targets) = (Vec::new(), Vec::new());
     let mut total = 0f64;
     for ws in windows.chunks(batch) {
@@ -105,7 +119,10 @@ pub fn train_char_lstm(
     let cfg = record.char_lstm.clone();
     let corpus = CharCorpus::prepare(text, &cfg, record.vocabulary().as_ref())?;
     let (train_ws, val_ws) = corpus.split(opts.validation_split)?;
-    let seed = opts.seed.or(record.seed).unwrap_or_else(|| rand::rng().random());
+    let seed = opts
+        .seed
+        .or(record.seed)
+        .unwrap_or_else(|| rand::rng().random());
     let vocab = corpus.vocab.len();
 
     let (model, saved_opt) = match record.checkpoint {
@@ -117,23 +134,33 @@ pub fn train_char_lstm(
         }
         None => {
             let mut rng = rng_for(seed, 0, 0);
-            (CharLstm::new_random(vocab, cfg.hidden, &mut rng, device)?, None)
+            (
+                CharLstm::new_random(vocab, cfg.hidden, &mut rng, device)?,
+                None,
+            )
         }
     };
     let learning_rate = opts
         .learning_rate
         .or(record.optimizer.as_ref().map(|o| o.learning_rate))
         .unwrap_or(DEFAULT_LEARNING_RATE);
-    let mut opt = RmsProp::new(model.vars(), RmsPropConfig { learning_rate, ..Default::default() })?;
+    let mut opt = RmsProp::new(
+        model.vars(),
+        RmsPropConfig {
+            learning_rate,
+            ..Default::default()
+        },
+    )?;
     if let (Some(state), Some(saved)) = (saved_opt, &record.optimizer) {
         let keys = model.tensors();
         let velocity = keys
             .iter()
             .map(|(k, _)| {
-                state
-                    .get(&format!("velocity.{k}"))
-                    .cloned()
-                    .ok_or_else(|| Error::Corrupt(format!("model {name:?}: optimizer state lacks velocity.{k}")))
+                state.get(&format!("velocity.{k}")).cloned().ok_or_else(|| {
+                    Error::Corrupt(format!(
+                        "model {name:?}: optimizer state lacks velocity.{k}"
+                    ))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         opt.set_state(velocity, saved.iterations)?;
@@ -206,7 +233,13 @@ pub fn train_char_lstm(
             Some(evaluate(&model, &corpus, &val_ws, opts.batch_size, device)?)
         };
         let seconds = epoch_start.elapsed().as_secs_f32();
-        sink.send(TrainEvent::EpochEnd { epoch, loss: last_loss, val_loss, seconds }).map_err(|s| Error::Cancelled(s.0))?;
+        sink.send(TrainEvent::EpochEnd {
+            epoch,
+            loss: last_loss,
+            val_loss,
+            seconds,
+        })
+        .map_err(|s| Error::Cancelled(s.0))?;
 
         record.epochs_trained = epoch;
         record.loss_history.push(last_loss);
@@ -219,14 +252,24 @@ pub fn train_char_lstm(
             epsilon: opt.config.epsilon,
             iterations: opt.iterations,
         });
-        let opt_tensors: Vec<(String, Tensor)> =
-            model.tensors().iter().zip(&opt.velocity).map(|((k, _), v)| (format!("velocity.{k}"), v.clone())).collect();
+        let opt_tensors: Vec<(String, Tensor)> = model
+            .tensors()
+            .iter()
+            .zip(&opt.velocity)
+            .map(|((k, _), v)| (format!("velocity.{k}"), v.clone()))
+            .collect();
         let checkpoint = store.save_checkpoint(&mut record, &model.tensors(), &opt_tensors)?;
-        sink.send(TrainEvent::Checkpoint { epoch, checkpoint }).map_err(|s| Error::Cancelled(s.0))?;
+        sink.send(TrainEvent::Checkpoint { epoch, checkpoint })
+            .map_err(|s| Error::Cancelled(s.0))?;
 
         if !opts.sample_temperatures.is_empty() && opts.sample_length > 0 {
             let generator = CharGenerator::new(
-                CharLstm::from_tensors(&model.tensors().into_iter().collect(), vocab, cfg.hidden, device)?,
+                CharLstm::from_tensors(
+                    &model.tensors().into_iter().collect(),
+                    vocab,
+                    cfg.hidden,
+                    device,
+                )?,
                 corpus.vocab.clone(),
                 cfg.maxlen,
                 cfg.lowercase,
@@ -238,9 +281,19 @@ pub fn train_char_lstm(
                 if let Some(stop) = sink.should_stop() {
                     return Err(Error::Cancelled(stop.0));
                 }
-                let text = generator.generate_string(seed_ids, temperature, opts.sample_length, &mut rng)?;
-                sink.send(TrainEvent::Sample { epoch, temperature, seed_text: seed_text.clone(), text })
-                    .map_err(|s| Error::Cancelled(s.0))?;
+                let text = generator.generate_string(
+                    seed_ids,
+                    temperature,
+                    opts.sample_length,
+                    &mut rng,
+                )?;
+                sink.send(TrainEvent::Sample {
+                    epoch,
+                    temperature,
+                    seed_text: seed_text.clone(),
+                    text,
+                })
+                .map_err(|s| Error::Cancelled(s.0))?;
             }
         }
     }
@@ -281,7 +334,12 @@ mod tests {
 
     #[test]
     fn a_small_model_learns_a_repetitive_text() -> Result<()> {
-        let cfg = CharLstmConfig { maxlen: 12, step: 1, hidden: 32, lowercase: true };
+        let cfg = CharLstmConfig {
+            maxlen: 12,
+            step: 1,
+            hidden: 32,
+            lowercase: true,
+        };
         let (_tmp, store) = setup(cfg);
         let opts = TextTrainOptions {
             epochs: 8,
@@ -300,40 +358,95 @@ mod tests {
         assert_eq!(rec.epochs_trained, 8);
         let first = rec.loss_history[0];
         let last = *rec.loss_history.last().unwrap();
-        assert!(last < 0.2 && last < first / 5.0, "losses {:?}", rec.loss_history);
+        assert!(
+            last < 0.2 && last < first / 5.0,
+            "losses {:?}",
+            rec.loss_history
+        );
         assert_eq!(rec.val_loss_history.len(), 8);
-        assert!(matches!(events[0], TrainEvent::Started { first_epoch: 1, epochs: 8, .. }));
-        assert!(matches!(events.last(), Some(TrainEvent::Finished { epochs_trained: 8, .. })));
-        let samples = events.iter().filter(|e| matches!(e, TrainEvent::Sample { .. })).count();
+        assert!(matches!(
+            events[0],
+            TrainEvent::Started {
+                first_epoch: 1,
+                epochs: 8,
+                ..
+            }
+        ));
+        assert!(matches!(
+            events.last(),
+            Some(TrainEvent::Finished {
+                epochs_trained: 8,
+                ..
+            })
+        ));
+        let samples = events
+            .iter()
+            .filter(|e| matches!(e, TrainEvent::Sample { .. }))
+            .count();
         assert_eq!(samples, 8);
         // Greedy continuation of a seed reproduces the pattern.
         let g = CharGenerator::load(&store, &store.load("m")?, &Device::Cpu)?;
-        let out = g.generate_string(&g.encode_seed("the cat sat ")?, 0.0, 24, &mut ChaCha8Rng::seed_from_u64(0))?;
+        let out = g.generate_string(
+            &g.encode_seed("the cat sat ")?,
+            0.0,
+            24,
+            &mut ChaCha8Rng::seed_from_u64(0),
+        )?;
         assert_eq!(out, "on the mat. the cat sat ");
         Ok(())
     }
 
     #[test]
     fn continuing_a_model_resumes_its_epochs_and_optimizer() -> Result<()> {
-        let cfg = CharLstmConfig { maxlen: 8, step: 2, hidden: 8, lowercase: true };
+        let cfg = CharLstmConfig {
+            maxlen: 8,
+            step: 2,
+            hidden: 8,
+            lowercase: true,
+        };
         let (_tmp, store) = setup(cfg);
-        let opts = TextTrainOptions { epochs: 1, batch_size: 16, seed: Some(3), sample_temperatures: vec![], ..Default::default() };
+        let opts = TextTrainOptions {
+            epochs: 1,
+            batch_size: 16,
+            seed: Some(3),
+            sample_temperatures: vec![],
+            ..Default::default()
+        };
         let a = train_char_lstm(&store, "m", &corpus(), &opts, &Device::Cpu, &mut |_| Ok(()))?;
         let b = train_char_lstm(&store, "m", &corpus(), &opts, &Device::Cpu, &mut |_| Ok(()))?;
         assert_eq!((a.epochs_trained, b.epochs_trained), (1, 2));
         let iters = |r: &ModelRecord| r.optimizer.as_ref().unwrap().iterations;
         assert_eq!(iters(&b), 2 * iters(&a));
         assert_eq!(b.loss_history.len(), 2);
-        let err = train_char_lstm(&store, "m", "THE DOG!", &opts, &Device::Cpu, &mut |_| Ok(())).unwrap_err();
+        let err = train_char_lstm(
+            &store,
+            "m",
+            "THE DOG!",
+            &opts,
+            &Device::Cpu,
+            &mut |_| Ok(()),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("'d', 'g', '!'"), "{err}");
         Ok(())
     }
 
     #[test]
     fn a_sink_that_stops_ends_the_run_and_keeps_the_last_checkpoint() -> Result<()> {
-        let cfg = CharLstmConfig { maxlen: 8, step: 1, hidden: 8, lowercase: true };
+        let cfg = CharLstmConfig {
+            maxlen: 8,
+            step: 1,
+            hidden: 8,
+            lowercase: true,
+        };
         let (_tmp, store) = setup(cfg);
-        let opts = TextTrainOptions { epochs: 3, batch_size: 16, seed: Some(3), sample_temperatures: vec![], ..Default::default() };
+        let opts = TextTrainOptions {
+            epochs: 3,
+            batch_size: 16,
+            seed: Some(3),
+            sample_temperatures: vec![],
+            ..Default::default()
+        };
         let mut batches = 0;
         let err = train_char_lstm(&store, "m", &corpus(), &opts, &Device::Cpu, &mut |e| {
             if matches!(e, TrainEvent::Batch { epoch: 2, .. }) {
@@ -354,7 +467,12 @@ mod tests {
 
     #[test]
     fn a_diverging_loss_stops_without_saving() -> Result<()> {
-        let cfg = CharLstmConfig { maxlen: 8, step: 1, hidden: 8, lowercase: true };
+        let cfg = CharLstmConfig {
+            maxlen: 8,
+            step: 1,
+            hidden: 8,
+            lowercase: true,
+        };
         let (_tmp, store) = setup(cfg);
         let opts = TextTrainOptions {
             epochs: 2,
@@ -364,7 +482,8 @@ mod tests {
             sample_temperatures: vec![],
             ..Default::default()
         };
-        let err = train_char_lstm(&store, "m", &corpus(), &opts, &Device::Cpu, &mut |_| Ok(())).unwrap_err();
+        let err = train_char_lstm(&store, "m", &corpus(), &opts, &Device::Cpu, &mut |_| Ok(()))
+            .unwrap_err();
         assert!(matches!(err, Error::Diverged(_)), "{err}");
         assert_eq!(store.load("m")?.checkpoint, None);
         Ok(())
