@@ -62,6 +62,8 @@ macro_rules! multiversion {
 /// `e^x` with about 2 ulp error over the f32 range (Cephes' `expf` polynomial), written
 /// so that loops over it vectorize. Inputs are clamped to avoid inf/denormals.
 #[inline(always)]
+// `max`/`min` on purpose, not `clamp` (see below).
+#[allow(clippy::manual_clamp)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
@@ -76,7 +78,8 @@ pub fn exp(x: f32) -> f32 {
     y = y * r + 8.333_452e-3;
     y = y * r + 4.166_579_6e-2;
     y = y * r + 1.666_666_5e-1;
-    y = y * r + 5.000_000_1e-1;
+    // Cephes writes 5.0000001e-1, which is 0.5 in f32.
+    y = y * r + 0.5;
     y = y * r * r + r + 1.0;
     // 2^n built from the exponent bits; n is in [-126, 127] after the clamp.
     // SAFETY: n is an integral value in [-126, 127] after the clamp, so it fits an i32
@@ -98,7 +101,13 @@ pub fn tanh(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn lstm_cell_forward_impl(gates: &mut [f32], c_prev: &[f32], c: &mut [f32], tc: &mut [f32], h: &mut [f32]) {
+fn lstm_cell_forward_impl(
+    gates: &mut [f32],
+    c_prev: &[f32],
+    c: &mut [f32],
+    tc: &mut [f32],
+    h: &mut [f32],
+) {
     let n = c.len();
     let (gi, rest) = gates.split_at_mut(n);
     let (gf, rest) = rest.split_at_mut(n);
@@ -129,7 +138,14 @@ multiversion! {
 }
 
 #[inline(always)]
-fn lstm_cell_backward_impl(acts: &[f32], c_prev: &[f32], tc: &[f32], dh: &[f32], dc: &mut [f32], dgates: &mut [f32]) {
+fn lstm_cell_backward_impl(
+    acts: &[f32],
+    c_prev: &[f32],
+    tc: &[f32],
+    dh: &[f32],
+    dc: &mut [f32],
+    dgates: &mut [f32],
+) {
     let n = dc.len();
     let (ai, rest) = acts.split_at(n);
     let (af, rest) = rest.split_at(n);
@@ -195,7 +211,10 @@ mod tests {
     fn sigmoid_and_tanh_match_std() {
         for i in -2000..2000 {
             let x = i as f32 * 0.01;
-            assert!((sigmoid(x) - 1.0 / (1.0 + (-x).exp())).abs() < 2e-7, "sigmoid({x})");
+            assert!(
+                (sigmoid(x) - 1.0 / (1.0 + (-x).exp())).abs() < 2e-7,
+                "sigmoid({x})"
+            );
             assert!((tanh(x) - x.tanh()).abs() < 3e-7, "tanh({x})");
         }
         assert_eq!(sigmoid(-1e4), 1.0 / (1.0 + 88f32.exp()));

@@ -6,11 +6,15 @@
 //!   their state, which checkpoints need).
 //! - [`sampling`]: temperature reweighting and multinomial draws.
 //! - [`fastmath`]: vectorized exp/sigmoid/tanh used by the CPU kernels.
+//! - `smallgemm` (private): the AVX-512 kernel for the LSTM's small per-step matmuls.
 
 pub mod fastmath;
 pub mod lstm;
 pub mod rmsprop;
 pub mod sampling;
+mod smallgemm;
 
-pub use lstm::{CpuLstmRunner, LstmSeq, RunnerScratch, Wavefront, lstm_last_hidden, lstm_last_hidden_reference};
+pub use lstm::{
+    CpuLstmRunner, LstmSeq, RunnerScratch, Wavefront, lstm_last_hidden, lstm_last_hidden_reference,
+};
 pub use rmsprop::{RmsProp, RmsPropConfig};

@@ -14,23 +14,31 @@
 
 use std::sync::Mutex;
 
-use candle_core::{
-    CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, bail,
-};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, bail};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::fastmath;
+use crate::smallgemm::{self, PackedRhs};
 
 /// The last hidden state `(B, H)` of an LSTM run from zero state over `ids` `(B, T)`.
 ///
 /// `table` is `(V, 4H)`: row `v` is `W_ih[:, v] + b_ih + b_hh`, i.e. the input
 /// projection of a one-hot `v`. `w_hh` is `(4H, H)`. Gradients flow to `table` and
 /// `w_hh`. `train = false` skips saving activations (inference, validation).
-pub fn lstm_last_hidden(ids: &Tensor, table: &Tensor, w_hh: &Tensor, train: bool) -> Result<Tensor> {
+pub fn lstm_last_hidden(
+    ids: &Tensor,
+    table: &Tensor,
+    w_hh: &Tensor,
+    train: bool,
+) -> Result<Tensor> {
     if table.device().is_cpu() && table.dtype() == DType::F32 && w_hh.dtype() == DType::F32 {
         let ids = ids.to_dtype(DType::U32)?.contiguous()?;
-        ids.apply_op3(&table.contiguous()?, &w_hh.contiguous()?, LstmSeq::new(train))
+        ids.apply_op3(
+            &table.contiguous()?,
+            &w_hh.contiguous()?,
+            LstmSeq::new(train),
+        )
     } else {
         lstm_last_hidden_reference(ids, table, w_hh)
     }
@@ -133,7 +141,15 @@ impl Dims {
 }
 
 impl Chunk {
-    fn forward(b0: usize, rows: usize, d: &Dims, ids: &[u32], table: &[f32], w_hh: &[f32]) -> Chunk {
+    /// `w_hh_t` is `W_hhᵀ` `(H, 4H)`, packed.
+    fn forward(
+        b0: usize,
+        rows: usize,
+        d: &Dims,
+        ids: &[u32],
+        table: &[f32],
+        w_hh_t: &PackedRhs,
+    ) -> Chunk {
         let (t_len, h, g) = (d.t, d.h, d.g());
         let mut c = Chunk {
             b0,
@@ -152,24 +168,29 @@ impl Chunk {
             }
             if t > 0 {
                 // gates[r] += h_{t-1}[r] · W_hhᵀ
-                // SAFETY: rows × 4H gate block at stride T·4H, rows × H hidden block at
-                // stride T·H and W_hh (4H × H) read transposed: all inside the buffers.
+                // SAFETY: the rows × 4H gate block of step t (row stride T·4H) and the
+                // rows × H hidden block of step t (row stride T·H) end inside `acts` and
+                // `hprev`, which are distinct buffers; W_hhᵀ is H × 4H as packed.
                 unsafe {
-                    matmul(
-                        (rows, g, h),
+                    smallgemm::gemm_packed(
+                        rows,
                         c.acts.as_mut_ptr().add(t * g),
                         t_len * g,
                         true,
-                        (c.hprev.as_ptr().add(t * h), t_len * h, 1),
-                        (w_hh.as_ptr(), 1, h),
-                        Parallelism::None,
+                        c.hprev.as_ptr().add(t * h),
+                        t_len * h,
+                        w_hh_t,
                     );
                 }
             }
             for r in 0..rows {
                 let at = (r * t_len + t) * h;
                 let (before, rest) = c.cs.split_at_mut(at);
-                let c_prev = if t == 0 { &zeros[..] } else { &before[at - h..] };
+                let c_prev = if t == 0 {
+                    &zeros[..]
+                } else {
+                    &before[at - h..]
+                };
                 let h_out = if t + 1 < t_len {
                     &mut c.hprev[at + h..at + 2 * h]
                 } else {
@@ -188,8 +209,14 @@ impl Chunk {
     }
 
     /// BPTT for this share: returns its contributions to d(table) `(V, 4H)` and
-    /// d(W_hh) `(4H, H)`.
-    fn backward(&self, d: &Dims, ids: &[u32], w_hh: &[f32], grad_h: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    /// d(W_hh) `(4H, H)`. `w_hh` is `W_hh` `(4H, H)`, packed.
+    fn backward(
+        &self,
+        d: &Dims,
+        ids: &[u32],
+        w_hh: &PackedRhs,
+        grad_h: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
         let (t_len, h, g, rows) = (d.t, d.h, d.g(), self.rows);
         let mut dgates = vec![0.0f32; rows * t_len * g];
         let mut dh = grad_h[self.b0 * h..(self.b0 + rows) * h].to_vec();
@@ -198,7 +225,11 @@ impl Chunk {
         for t in (0..t_len).rev() {
             for r in 0..rows {
                 let at = (r * t_len + t) * h;
-                let c_prev = if t == 0 { &zeros[..] } else { &self.cs[at - h..at] };
+                let c_prev = if t == 0 {
+                    &zeros[..]
+                } else {
+                    &self.cs[at - h..at]
+                };
                 fastmath::lstm_cell_backward(
                     &self.acts[(r * t_len + t) * g..][..g],
                     c_prev,
@@ -210,16 +241,18 @@ impl Chunk {
             }
             if t > 0 {
                 // dh_{t-1} = dgates_t · W_hh
-                // SAFETY: rows × 4H block of dgates at stride T·4H, W_hh (4H × H), dh (rows × H).
+                // SAFETY: the rows × 4H block of dgates at step t (row stride T·4H) ends
+                // inside `dgates`; dh is rows × H (row stride H), a separate buffer; W_hh is
+                // 4H × H as packed.
                 unsafe {
-                    matmul(
-                        (rows, h, g),
+                    smallgemm::gemm_packed(
+                        rows,
                         dh.as_mut_ptr(),
                         h,
                         false,
-                        (dgates.as_ptr().add(t * g), t_len * g, 1),
-                        (w_hh.as_ptr(), h, 1),
-                        Parallelism::None,
+                        dgates.as_ptr().add(t * g),
+                        t_len * g,
+                        w_hh,
                     );
                 }
             }
@@ -261,7 +294,10 @@ pub struct LstmSeq {
 
 impl LstmSeq {
     pub fn new(train: bool) -> Self {
-        Self { train, saved: Mutex::new(None) }
+        Self {
+            train,
+            saved: Mutex::new(None),
+        }
     }
 }
 
@@ -275,7 +311,10 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
 fn split_batch(b: usize) -> Vec<(usize, usize)> {
     let parts = rayon::current_num_threads().clamp(1, b.max(1));
     let per = b.div_ceil(parts);
-    (0..b).step_by(per.max(1)).map(|b0| (b0, per.min(b - b0))).collect()
+    (0..b)
+        .step_by(per.max(1))
+        .map(|b0| (b0, per.min(b - b0)))
+        .collect()
 }
 
 impl CustomOp3 for LstmSeq {
@@ -296,12 +335,18 @@ impl CustomOp3 for LstmSeq {
         let (v, g) = l2.shape().dims2()?;
         let (g2, h) = l3.shape().dims2()?;
         if g != 4 * h || g2 != g {
-            bail!("lstm: table is {:?} and w_hh {:?}; want (V, 4H) and (4H, H)", l2.shape(), l3.shape())
+            bail!(
+                "lstm: table is {:?} and w_hh {:?}; want (V, 4H) and (4H, H)",
+                l2.shape(),
+                l3.shape()
+            )
         }
         if t == 0 {
             bail!("lstm: empty sequence")
         }
-        let Some((start, end)) = l1.contiguous_offsets() else { bail!("lstm: ids must be contiguous") };
+        let Some((start, end)) = l1.contiguous_offsets() else {
+            bail!("lstm: ids must be contiguous")
+        };
         let ids = &s1.as_slice::<u32>()?[start..end];
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= v) {
             bail!("lstm: id {bad} out of range for a vocabulary of {v}")
@@ -309,9 +354,12 @@ impl CustomOp3 for LstmSeq {
         let table = f32_slice(s2, l2, "table")?;
         let w_hh = f32_slice(s3, l3, "w_hh")?;
         let dims = Dims { t, h, v };
+        // Packed once here, read by every thread at every step: W_hhᵀ (H × 4H), i.e.
+        // element (k, j) is w_hh[j·H + k].
+        let w_hh_t = PackedRhs::pack(h, g, w_hh, 1, h);
         let chunks: Vec<Chunk> = split_batch(b)
             .into_par_iter()
-            .map(|(b0, rows)| Chunk::forward(b0, rows, &dims, ids, table, w_hh))
+            .map(|(b0, rows)| Chunk::forward(b0, rows, &dims, ids, table, &w_hh_t))
             .collect();
         let mut out = Vec::with_capacity(b * h);
         for c in &chunks {
@@ -340,10 +388,15 @@ impl CustomOp3 for LstmSeq {
         let h = g / 4;
         let dims = Dims { t, h, v };
         let ids_v = ids.flatten_all()?.to_vec1::<u32>()?;
-        let w = w_hh.flatten_all()?.to_vec1::<f32>()?;
-        let grad = grad_res.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let parts: Vec<(Vec<f32>, Vec<f32>)> =
-            chunks.par_iter().map(|c| c.backward(&dims, &ids_v, &w, &grad)).collect();
+        let w = PackedRhs::pack(g, h, &w_hh.flatten_all()?.to_vec1::<f32>()?, h, 1);
+        let grad = grad_res
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let parts: Vec<(Vec<f32>, Vec<f32>)> = chunks
+            .par_iter()
+            .map(|c| c.backward(&dims, &ids_v, &w, &grad))
+            .collect();
         let mut iter = parts.into_iter();
         let (mut dtable, mut dw) = iter.next().expect("at least one chunk");
         for (dt, dww) in iter {
@@ -369,6 +422,8 @@ pub struct CpuLstmRunner {
     table: Vec<f32>,
     /// `W_hhᵀ`, `(H, 4H)`.
     w_hh_t: Vec<f32>,
+    /// The same, packed for the wavefront's matrix products.
+    w_hh_t_packed: PackedRhs,
     /// `W_outᵀ`, `(H, O)`.
     out_w_t: Vec<f32>,
     out_b: Vec<f32>,
@@ -391,13 +446,20 @@ impl CpuLstmRunner {
         let (_, g) = table.dims2()?;
         let (o, hidden) = out_w.dims2()?;
         if g != 4 * hidden || w_hh.dims2()? != (g, hidden) {
-            bail!("lstm runner: inconsistent shapes {:?} {:?} {:?}", table.shape(), w_hh.shape(), out_w.shape())
+            bail!(
+                "lstm runner: inconsistent shapes {:?} {:?} {:?}",
+                table.shape(),
+                w_hh.shape(),
+                out_w.shape()
+            )
         }
+        let w_hh_t: Vec<f32> = cpu(w_hh)?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
         Ok(Self {
             hidden,
             outputs: o,
             table: cpu(table)?.flatten_all()?.to_vec1()?,
-            w_hh_t: cpu(w_hh)?.t()?.contiguous()?.flatten_all()?.to_vec1()?,
+            w_hh_t_packed: PackedRhs::pack(hidden, g, &w_hh_t, g, 1),
+            w_hh_t,
             out_w_t: cpu(out_w)?.t()?.contiguous()?.flatten_all()?.to_vec1()?,
             out_b: cpu(out_b)?.flatten_all()?.to_vec1()?,
         })
@@ -443,10 +505,14 @@ mod tests {
         // Deterministic pseudo-random values without pulling an RNG into the test.
         let mut state = seed;
         let mut next = move || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
         };
-        let ids: Vec<u32> = (0..b * t).map(|_| ((next() + 0.5) * v as f32) as u32 % v as u32).collect();
+        let ids: Vec<u32> = (0..b * t)
+            .map(|_| ((next() + 0.5) * v as f32) as u32 % v as u32)
+            .collect();
         let table: Vec<f32> = (0..v * 4 * h).map(|_| next() * 1.5).collect();
         let w: Vec<f32> = (0..4 * h * h).map(|_| next()).collect();
         Ok((
@@ -457,15 +523,32 @@ mod tests {
     }
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
     fn fused_forward_and_gradients_match_the_candle_composition() -> Result<()> {
-        for &(b, t, v, h) in &[(5, 7, 6, 4), (16, 12, 9, 8), (3, 1, 4, 3)] {
+        // H = 16 and 32 run every product through the AVX-512 kernel where there is one
+        // (the others have widths that are not multiples of 16 and take `gemm`).
+        for &(b, t, v, h) in &[
+            (5, 7, 6, 4),
+            (16, 12, 9, 8),
+            (3, 1, 4, 3),
+            (7, 5, 6, 16),
+            (13, 4, 5, 32),
+        ] {
             let (ids, table, w) = setup(b, t, v, h, 42)?;
             // A loss that weights every output differently, so no gradient cancels.
-            let weights = Tensor::arange(0f32, (b * h) as f32, &Device::Cpu)?.reshape((b, h))?.cos()?;
+            let weights = Tensor::arange(0f32, (b * h) as f32, &Device::Cpu)?
+                .reshape((b, h))?
+                .cos()?;
             let fused = lstm_last_hidden(&ids, &table, &w, true)?;
             let reference = lstm_last_hidden_reference(&ids, &table, &w)?;
             assert!(max_abs_diff(&fused, &reference) < 1e-5);
@@ -474,7 +557,11 @@ mod tests {
             for var in [&table, &w] {
                 let (a, r) = (gf.get(var).unwrap(), gr.get(var).unwrap());
                 let scale = r.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-3);
-                assert!(max_abs_diff(a, r) / scale < 1e-4, "gradient mismatch for shape {:?}", var.shape());
+                assert!(
+                    max_abs_diff(a, r) / scale < 1e-4,
+                    "gradient mismatch for shape {:?}",
+                    var.shape()
+                );
             }
         }
         Ok(())
@@ -484,12 +571,19 @@ mod tests {
     fn fused_gradients_match_finite_differences() -> Result<()> {
         let (b, t, v, h) = (4, 6, 5, 3);
         let (ids, table, w) = setup(b, t, v, h, 7)?;
-        let weights = Tensor::arange(0f32, (b * h) as f32, &Device::Cpu)?.reshape((b, h))?.sin()?;
+        let weights = Tensor::arange(0f32, (b * h) as f32, &Device::Cpu)?
+            .reshape((b, h))?
+            .sin()?;
         let loss = |table: &Tensor, w: &Tensor| -> Result<f64> {
             let out = lstm_last_hidden(&ids, table, w, false)?;
-            Ok((out * &weights)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+            (out * &weights)?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()
         };
-        let grads = (lstm_last_hidden(&ids, &table, &w, true)? * &weights)?.sum_all()?.backward()?;
+        let grads = (lstm_last_hidden(&ids, &table, &w, true)? * &weights)?
+            .sum_all()?
+            .backward()?;
         let eps = 1e-2f32;
         for var in [&table, &w] {
             let analytic = grads.get(var).unwrap().flatten_all()?.to_vec1::<f32>()?;
@@ -499,11 +593,19 @@ mod tests {
                     let mut p = base.clone();
                     p[idx] += delta;
                     let p = Tensor::from_vec(p, var.shape(), &Device::Cpu)?;
-                    if std::ptr::eq(var, &table) { loss(&p, &w) } else { loss(&table, &p) }
+                    if std::ptr::eq(var, &table) {
+                        loss(&p, &w)
+                    } else {
+                        loss(&table, &p)
+                    }
                 };
                 let numeric = (perturbed(eps)? - perturbed(-eps)?) / (2.0 * eps as f64);
                 let err = (numeric - analytic[idx] as f64).abs();
-                assert!(err < 2e-3 + 2e-2 * numeric.abs(), "index {idx}: numeric {numeric} vs analytic {}", analytic[idx]);
+                assert!(
+                    err < 2e-3 + 2e-2 * numeric.abs(),
+                    "index {idx}: numeric {numeric} vs analytic {}",
+                    analytic[idx]
+                );
             }
         }
         Ok(())
@@ -513,7 +615,9 @@ mod tests {
     fn runner_matches_the_graph_forward() -> Result<()> {
         let (b, t, v, h) = (3, 9, 6, 8);
         let (ids, table, w) = setup(b, t, v, h, 3)?;
-        let out_w = Tensor::arange(0f32, (5 * h) as f32, &Device::Cpu)?.reshape((5, h))?.sin()?;
+        let out_w = Tensor::arange(0f32, (5 * h) as f32, &Device::Cpu)?
+            .reshape((5, h))?
+            .sin()?;
         let out_b = Tensor::new(&[0.1f32, -0.2, 0.3, 0.0, 1.0], &Device::Cpu)?;
         let expected = lstm_last_hidden(&ids, &table, &w, false)?
             .matmul(&out_w.t()?)?
@@ -535,7 +639,9 @@ mod tests {
     fn out_of_range_ids_are_an_error_not_a_crash() -> Result<()> {
         let (_, table, w) = setup(1, 1, 4, 2, 1)?;
         let ids = Tensor::new(&[[0u32, 9]], &Device::Cpu)?;
-        let err = lstm_last_hidden(&ids, &table, &w, false).unwrap_err().to_string();
+        let err = lstm_last_hidden(&ids, &table, &w, false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("out of range"), "{err}");
         Ok(())
     }
@@ -593,7 +699,11 @@ impl<'a> Wavefront<'a> {
         let start = self.len.saturating_sub(self.maxlen);
         let slot = start % self.maxlen;
         out.copy_from_slice(&self.runner.out_b);
-        fastmath::vec_mat_acc(out, &self.hs[slot * h..(slot + 1) * h], &self.runner.out_w_t);
+        fastmath::vec_mat_acc(
+            out,
+            &self.hs[slot * h..(slot + 1) * h],
+            &self.runner.out_w_t,
+        );
     }
 
     /// Appends a character: a new window starts at it, and every window in flight
@@ -607,14 +717,21 @@ impl<'a> Wavefront<'a> {
         self.hs[slot * h..(slot + 1) * h].fill(0.0);
         self.cs[slot * h..(slot + 1) * h].fill(0.0);
         let row = &self.runner.table[id * g..(id + 1) * g];
-        let rows = Rows { gates: &mut self.gates, hs: &mut self.hs, cs: &self.cs, cs_next: &mut self.cs_next, tc: &mut self.tc };
+        let rows = Rows {
+            gates: &mut self.gates,
+            hs: &mut self.hs,
+            cs: &self.cs,
+            cs_next: &mut self.cs_next,
+            tc: &mut self.tc,
+        };
         // Two halves on two threads once there is enough work to pay for the hand-off
         // (a rayon join costs a few µs; a 60-row step costs ~100 µs).
         if m >= 16 && rayon::current_num_threads() > 1 {
             let (a, b) = rows.split(m / 2, h);
-            rayon::join(|| a.step(row, &self.runner.w_hh_t, h), || b.step(row, &self.runner.w_hh_t, h));
+            let w = &self.runner.w_hh_t_packed;
+            rayon::join(|| a.step(row, w, h), || b.step(row, w, h));
         } else {
-            rows.step(row, &self.runner.w_hh_t, h);
+            rows.step(row, &self.runner.w_hh_t_packed, h);
         }
         std::mem::swap(&mut self.cs, &mut self.cs_next);
         self.len += 1;
@@ -638,29 +755,43 @@ impl<'b> Rows<'b> {
         let (n0, n1) = self.cs_next.split_at_mut(at * h);
         let (t0, t1) = self.tc.split_at_mut(at * h);
         (
-            Rows { gates: g0, hs: h0, cs: c0, cs_next: n0, tc: t0 },
-            Rows { gates: g1, hs: h1, cs: c1, cs_next: n1, tc: t1 },
+            Rows {
+                gates: g0,
+                hs: h0,
+                cs: c0,
+                cs_next: n0,
+                tc: t0,
+            },
+            Rows {
+                gates: g1,
+                hs: h1,
+                cs: c1,
+                cs_next: n1,
+                tc: t1,
+            },
         )
     }
 
     /// gates = x_row + h · W_hhᵀ, then the cell, for every row.
-    fn step(self, x_row: &[f32], w_hh_t: &[f32], h: usize) {
+    fn step(self, x_row: &[f32], w_hh_t: &PackedRhs, h: usize) {
         let g = 4 * h;
         let m = self.hs.len() / h;
         for gate_row in self.gates.chunks_exact_mut(g) {
             gate_row.copy_from_slice(x_row);
         }
         // Slots not started yet (short seeds) hold zero state: computing them is harmless.
-        // SAFETY: hs (m × H), W_hhᵀ (H × 4H) and gates (m × 4H) are sized accordingly.
+        debug_assert_eq!((w_hh_t.k(), w_hh_t.n()), (h, g));
+        // SAFETY: hs is m × H (row stride H) and gates m × 4H (row stride 4H), separate
+        // buffers; W_hhᵀ is H × 4H as packed.
         unsafe {
-            matmul(
-                (m, g, h),
+            smallgemm::gemm_packed(
+                m,
                 self.gates.as_mut_ptr(),
                 g,
                 true,
-                (self.hs.as_ptr(), h, 1),
-                (w_hh_t.as_ptr(), g, 1),
-                Parallelism::None,
+                self.hs.as_ptr(),
+                h,
+                w_hh_t,
             );
         }
         for r in 0..m {
@@ -683,14 +814,23 @@ mod wavefront_tests {
     fn wavefront_logits_equal_the_sliding_window_loop() -> Result<()> {
         let (v, h, maxlen) = (7usize, 6usize, 5usize);
         let dev = Device::Cpu;
-        let table = Tensor::arange(0f32, (v * 4 * h) as f32, &dev)?.reshape((v, 4 * h))?.sin()?;
-        let w_hh = (Tensor::arange(0f32, (4 * h * h) as f32, &dev)?.reshape((4 * h, h))?.cos()? * 0.5)?;
-        let out_w = Tensor::arange(0f32, (v * h) as f32, &dev)?.reshape((v, h))?.sin()?;
+        let table = Tensor::arange(0f32, (v * 4 * h) as f32, &dev)?
+            .reshape((v, 4 * h))?
+            .sin()?;
+        let w_hh = (Tensor::arange(0f32, (4 * h * h) as f32, &dev)?
+            .reshape((4 * h, h))?
+            .cos()?
+            * 0.5)?;
+        let out_w = Tensor::arange(0f32, (v * h) as f32, &dev)?
+            .reshape((v, h))?
+            .sin()?;
         let out_b = Tensor::zeros(v, DType::F32, &dev)?;
         let runner = CpuLstmRunner::new(&table, &w_hh, &out_w, &out_b)?;
         let mut scratch = RunnerScratch::default();
         for seed_len in [1usize, 3, 5, 9] {
-            let mut text: Vec<u32> = (0..seed_len as u32).map(|i| (i * 3 + 1) % v as u32).collect();
+            let mut text: Vec<u32> = (0..seed_len as u32)
+                .map(|i| (i * 3 + 1) % v as u32)
+                .collect();
             let mut wf = Wavefront::new(&runner, maxlen, &text)?;
             for step in 0..12 {
                 let window = &text[text.len().saturating_sub(maxlen)..];
@@ -698,7 +838,10 @@ mod wavefront_tests {
                 runner.logits(window, &mut scratch, &mut a);
                 wf.logits(&mut b);
                 for (x, y) in a.iter().zip(&b) {
-                    assert!((x - y).abs() < 1e-5, "seed {seed_len}, step {step}: {a:?} vs {b:?}");
+                    assert!(
+                        (x - y).abs() < 1e-5,
+                        "seed {seed_len}, step {step}: {a:?} vs {b:?}"
+                    );
                 }
                 let next = (step * 5 + seed_len) as u32 % v as u32;
                 text.push(next);

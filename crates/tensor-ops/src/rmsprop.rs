@@ -21,7 +21,13 @@ pub struct RmsPropConfig {
 impl Default for RmsPropConfig {
     /// Keras' defaults: lr 0.001, rho 0.9, epsilon 1e-7.
     fn default() -> Self {
-        Self { learning_rate: 1e-3, rho: 0.9, epsilon: 1e-7, clip_value: None, decay: 0.0 }
+        Self {
+            learning_rate: 1e-3,
+            rho: 0.9,
+            epsilon: 1e-7,
+            clip_value: None,
+            decay: 0.0,
+        }
     }
 }
 
@@ -36,18 +42,34 @@ pub struct RmsProp {
 
 impl RmsProp {
     pub fn new(params: Vec<Var>, config: RmsPropConfig) -> Result<Self> {
-        let velocity = params.iter().map(|p| p.zeros_like()).collect::<Result<_>>()?;
-        Ok(Self { config, params, velocity, iterations: 0 })
+        let velocity = params
+            .iter()
+            .map(|p| p.zeros_like())
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            config,
+            params,
+            velocity,
+            iterations: 0,
+        })
     }
 
     /// Restores saved state (from a checkpoint); shapes must match the parameters.
     pub fn set_state(&mut self, velocity: Vec<Tensor>, iterations: u64) -> Result<()> {
         if velocity.len() != self.params.len() {
-            candle_core::bail!("rmsprop: {} velocities for {} parameters", velocity.len(), self.params.len())
+            candle_core::bail!(
+                "rmsprop: {} velocities for {} parameters",
+                velocity.len(),
+                self.params.len()
+            )
         }
         for (v, p) in velocity.iter().zip(&self.params) {
             if v.shape() != p.shape() {
-                candle_core::bail!("rmsprop: velocity {:?} for a parameter {:?}", v.shape(), p.shape())
+                candle_core::bail!(
+                    "rmsprop: velocity {:?} for a parameter {:?}",
+                    v.shape(),
+                    p.shape()
+                )
             }
         }
         self.velocity = velocity
@@ -93,22 +115,40 @@ mod tests {
     fn two_updates_match_hand_computed_keras_numbers() -> Result<()> {
         // θ = [1, -2], loss = 3·θ0 + θ1² ⇒ g = [3, 2θ1].
         let p = Var::new(&[1.0f64, -2.0], &Device::Cpu)?;
-        let mut opt = RmsProp::new(vec![p.clone()], RmsPropConfig { learning_rate: 0.01, ..Default::default() })?;
+        let mut opt = RmsProp::new(
+            vec![p.clone()],
+            RmsPropConfig {
+                learning_rate: 0.01,
+                ..Default::default()
+            },
+        )?;
         let loss = |p: &Var| -> Result<Tensor> {
             let w = Tensor::new(&[3.0f64, 0.0], &Device::Cpu)?;
             (p.as_tensor() * &w)?.sum_all()? + p.narrow(0, 1, 1)?.sqr()?.sum_all()?
         };
         opt.step(&loss(&p)?.backward()?)?;
         // v = 0.1·g² = [0.9, 1.6]; θ -= 0.01·g/√(v+1e-7)
-        let e0 = [1.0 - 0.01 * 3.0 / (0.9f64 + 1e-7).sqrt(), -2.0 + 0.01 * 4.0 / (1.6f64 + 1e-7).sqrt()];
+        let e0 = [
+            1.0 - 0.01 * 3.0 / (0.9f64 + 1e-7).sqrt(),
+            -2.0 + 0.01 * 4.0 / (1.6f64 + 1e-7).sqrt(),
+        ];
         let got = p.to_vec1::<f64>()?;
-        assert!((got[0] - e0[0]).abs() < 1e-12 && (got[1] - e0[1]).abs() < 1e-12, "{got:?} vs {e0:?}");
+        assert!(
+            (got[0] - e0[0]).abs() < 1e-12 && (got[1] - e0[1]).abs() < 1e-12,
+            "{got:?} vs {e0:?}"
+        );
         opt.step(&loss(&p)?.backward()?)?;
         let g1 = 2.0 * e0[1];
         let v = [0.9 * 0.9 + 0.1 * 9.0, 0.9 * 1.6 + 0.1 * g1 * g1];
-        let e1 = [e0[0] - 0.01 * 3.0 / (v[0] + 1e-7).sqrt(), e0[1] - 0.01 * g1 / (v[1] + 1e-7).sqrt()];
+        let e1 = [
+            e0[0] - 0.01 * 3.0 / (v[0] + 1e-7).sqrt(),
+            e0[1] - 0.01 * g1 / (v[1] + 1e-7).sqrt(),
+        ];
         let got = p.to_vec1::<f64>()?;
-        assert!((got[0] - e1[0]).abs() < 1e-12 && (got[1] - e1[1]).abs() < 1e-12, "{got:?} vs {e1:?}");
+        assert!(
+            (got[0] - e1[0]).abs() < 1e-12 && (got[1] - e1[1]).abs() < 1e-12,
+            "{got:?} vs {e1:?}"
+        );
         assert_eq!(opt.iterations, 2);
         Ok(())
     }
@@ -116,7 +156,12 @@ mod tests {
     #[test]
     fn clipping_and_decay_follow_keras() -> Result<()> {
         let p = Var::new(&[0.0f64], &Device::Cpu)?;
-        let cfg = RmsPropConfig { learning_rate: 0.1, clip_value: Some(1.0), decay: 0.5, ..Default::default() };
+        let cfg = RmsPropConfig {
+            learning_rate: 0.1,
+            clip_value: Some(1.0),
+            decay: 0.5,
+            ..Default::default()
+        };
         let mut opt = RmsProp::new(vec![p.clone()], cfg)?;
         opt.iterations = 2; // lr_t = 0.1 / (1 + 0.5·2) = 0.05
         let grads = (p.as_tensor() * 100.0)?.sum_all()?.backward()?; // g = 100 → clipped to 1

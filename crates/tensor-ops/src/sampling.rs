@@ -29,7 +29,9 @@ pub fn reweight(p: &[f32], temperature: f32) -> Vec<f64> {
 pub fn argmax(p: &[f32]) -> usize {
     p.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best })
+        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
+            if x > best.1 { (i, x) } else { best }
+        })
         .0
 }
 
@@ -71,7 +73,8 @@ mod tests {
         let cold = reweight(&P, 0.1);
         let hot = reweight(&P, 5.0);
         assert!(cold[2] > 0.98, "{cold:?}");
-        let spread = hot.iter().cloned().fold(0.0, f64::max) - hot.iter().cloned().fold(1.0, f64::min);
+        let spread =
+            hot.iter().cloned().fold(0.0, f64::max) - hot.iter().cloned().fold(1.0, f64::min);
         assert!(spread < 0.1, "{hot:?}");
     }
 

@@ -1,0 +1,548 @@
+//! Small, repeated matrix products of the LSTM recurrence: `dst (m×n) [+]= lhs (m×k) · rhs (k×n)`
+//! with `m` ≤ ~64, `k` and `n` in the hundreds, and the same `rhs` (a weight matrix) reused
+//! for every time step.
+//!
+//! Written by hand because the `gemm` crate (0.19) has no AVX-512 kernels on stable Rust
+//! (only AVX2/FMA, i.e. half the FMA width this CPU class has) and packs the rhs into its
+//! own layout on every call: for a 64 × 512 × 128 product repeated 60 times per batch, that
+//! re-packing alone was ~12% of a training step. Here the rhs is packed once (per forward
+//! or backward call, or once per model for generation) into column panels, and an AVX-512
+//! register-blocked kernel (6 rows × 64 columns of accumulators) streams each panel from L1.
+//! Without AVX-512, or when `n` is not a multiple of 16, the products go to `gemm` as before.
+
+use gemm::Parallelism;
+
+/// Columns per panel: four 16-lane zmm registers.
+const PANEL: usize = 64;
+/// Rows per register tile: 6 × 4 accumulators + 4 rhs vectors + 1 broadcast = 29 of the
+/// 32 zmm registers. Each step of k then issues 24 FMAs for 10 loads, enough to keep both
+/// FMA ports busy; 6 also divides the 30-row halves of the generation wavefront (measured:
+/// 4 rows is as fast on 64-row products and ~10% slower on 30-row ones).
+const MR: usize = 6;
+/// Depth per pass: a `KC × 64` panel slice is 32 KiB, which stays in a 48 KiB L1d while
+/// every row tile of `lhs` streams past it.
+const KC: usize = 128;
+
+/// A `k × n` matrix packed once for [`gemm_packed`]: column panels of [`PANEL`] columns
+/// (the last one may be narrower), each stored as `k` contiguous rows of the panel's width.
+///
+/// Contiguous panel rows matter: read from the row-major matrix, rows of a panel are `n`
+/// floats apart, which for `n` = 512 maps the whole panel onto a few L1 sets and evicts it
+/// between row tiles.
+#[derive(Clone, Debug)]
+pub(crate) struct PackedRhs {
+    k: usize,
+    n: usize,
+    data: Vec<f32>,
+}
+
+impl PackedRhs {
+    /// Packs the `k × n` matrix whose element `(r, c)` is `src[r * rs + c * cs]`
+    /// (`rs = n, cs = 1` for row-major; `rs = 1, cs = k` for the transpose of a row-major
+    /// `n × k` matrix).
+    ///
+    /// # Panics
+    /// If an addressed element is outside `src`.
+    pub(crate) fn pack(k: usize, n: usize, src: &[f32], rs: usize, cs: usize) -> Self {
+        if k > 0 && n > 0 {
+            assert!(
+                (k - 1) * rs + (n - 1) * cs < src.len(),
+                "packed rhs source out of bounds"
+            );
+        }
+        let mut data = Vec::with_capacity(k * n);
+        for j0 in (0..n).step_by(PANEL) {
+            let w = PANEL.min(n - j0);
+            for r in 0..k {
+                data.extend((j0..j0 + w).map(|c| src[r * rs + c * cs]));
+            }
+        }
+        Self { k, n, data }
+    }
+
+    pub(crate) fn k(&self) -> usize {
+        self.k
+    }
+
+    pub(crate) fn n(&self) -> usize {
+        self.n
+    }
+
+    fn view(&self) -> Rhs {
+        Rhs {
+            ptr: self.data.as_ptr(),
+            k: self.k,
+            n: self.n,
+            packed: true,
+        }
+    }
+}
+
+/// Where the rhs panels are: in a [`PackedRhs`] or in a row-major matrix.
+#[derive(Clone, Copy)]
+struct Rhs {
+    ptr: *const f32,
+    k: usize,
+    n: usize,
+    packed: bool,
+}
+
+impl Rhs {
+    /// Start and row stride of the panel of columns `j0 .. j0 + w`.
+    ///
+    /// # Safety
+    /// `j0 < n` and `w = min(PANEL, n - j0)`, with `j0` a multiple of [`PANEL`] when packed.
+    unsafe fn panel(&self, j0: usize, w: usize) -> (*const f32, usize) {
+        // SAFETY (of the offsets): packed panels before `j0` hold `j0 · k` floats, and a
+        // row-major matrix has column `j0` at offset `j0`; both are inside the matrix.
+        unsafe {
+            if self.packed {
+                (self.ptr.add(j0 * self.k), w)
+            } else {
+                (self.ptr.add(j0), self.n)
+            }
+        }
+    }
+}
+
+/// `dst (m × n) [+]= lhs (m × k) · rhs (k × n)` with `rhs` row-major (rows of `n` contiguous
+/// floats), `lhs` and `dst` row-major with row strides `lhs_rs` and `dst_rs`. Without
+/// `accumulate`, `dst` is overwritten (its old contents are never read).
+///
+/// For an rhs reused across calls prefer [`PackedRhs`] and [`gemm_packed`].
+///
+/// # Safety
+/// `lhs[i * lhs_rs + kk]` (i < m, kk < k), `rhs[kk * n + j]` (kk < k, j < n) and
+/// `dst[i * dst_rs + j]` (i < m, j < n) must be in bounds of their allocations, and `dst`
+/// must not overlap `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(test), allow(dead_code))] // the LSTM uses packed rhs only
+pub(crate) unsafe fn gemm_rowmajor_acc(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_rs: usize,
+    rhs: *const f32,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        run(
+            m,
+            dst,
+            dst_rs,
+            accumulate,
+            lhs,
+            lhs_rs,
+            Rhs {
+                ptr: rhs,
+                k,
+                n,
+                packed: false,
+            },
+        )
+    }
+}
+
+/// `dst (m × n) [+]= lhs (m × k) · rhs (k × n)` with `k` and `n` those of `rhs`; otherwise
+/// as [`gemm_rowmajor_acc`].
+///
+/// # Safety
+/// `lhs[i * lhs_rs + kk]` (i < m, kk < k) and `dst[i * dst_rs + j]` (i < m, j < n) must be
+/// in bounds of their allocations, and `dst` must not overlap `lhs`.
+pub(crate) unsafe fn gemm_packed(
+    m: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_rs: usize,
+    rhs: &PackedRhs,
+) {
+    // SAFETY: forwarded from the caller; `rhs.view()` describes `rhs.data` exactly.
+    unsafe { run(m, dst, dst_rs, accumulate, lhs, lhs_rs, rhs.view()) }
+}
+
+/// Whether this CPU runs the AVX-512 kernel (`std` caches the CPUID answer, so this is a
+/// load and a test).
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// # Safety
+/// As [`gemm_rowmajor_acc`], with the rhs described by `rhs`.
+unsafe fn run(
+    m: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_rs: usize,
+    rhs: Rhs,
+) {
+    if m == 0 || rhs.n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if rhs.n.is_multiple_of(16) && has_avx512() {
+        // SAFETY: the CPU has AVX-512F (checked above); bounds are the caller's contract.
+        unsafe { avx512::run(m, dst, dst_rs, accumulate, lhs, lhs_rs, rhs) };
+        return;
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { run_portable(m, dst, dst_rs, accumulate, lhs, lhs_rs, rhs) }
+}
+
+/// The portable path: one `gemm` call per panel (a single call for a row-major rhs).
+///
+/// # Safety
+/// As [`run`].
+unsafe fn run_portable(
+    m: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_rs: usize,
+    rhs: Rhs,
+) {
+    let panel = if rhs.packed { PANEL } else { rhs.n };
+    for j0 in (0..rhs.n).step_by(panel) {
+        let w = panel.min(rhs.n - j0);
+        // SAFETY: `j0 < n`, `w = min(panel, n - j0)`, `j0` a multiple of PANEL when packed;
+        // the panel, the lhs rows and the dst columns `j0 .. j0 + w` are in bounds by the
+        // caller's contract.
+        unsafe {
+            let (b, b_rs) = rhs.panel(j0, w);
+            gemm::gemm(
+                m,
+                w,
+                rhs.k,
+                dst.add(j0),
+                1,
+                dst_rs as isize,
+                accumulate,
+                lhs,
+                1,
+                lhs_rs as isize,
+                b,
+                1,
+                b_rs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{KC, MR, PANEL, Rhs};
+
+    /// The blocked product: k in passes of [`KC`], then column panels, then row tiles, so
+    /// that a `KC × 64` slice of one panel is reused by every row tile while it is in L1.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, `rhs.n` must be a multiple of 16, and the operands must
+    /// satisfy the bounds of [`super::gemm_rowmajor_acc`].
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn run(
+        m: usize,
+        dst: *mut f32,
+        dst_rs: usize,
+        accumulate: bool,
+        lhs: *const f32,
+        lhs_rs: usize,
+        rhs: Rhs,
+    ) {
+        let (k, n) = (rhs.k, rhs.n);
+        if k == 0 {
+            if !accumulate {
+                for i in 0..m {
+                    // SAFETY: row i < m of dst has n elements in bounds.
+                    unsafe { std::ptr::write_bytes(dst.add(i * dst_rs), 0, n) };
+                }
+            }
+            return;
+        }
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            // Later passes add to what the first one wrote.
+            let acc = accumulate || k0 > 0;
+            for j0 in (0..n).step_by(PANEL) {
+                let w = PANEL.min(n - j0);
+                // SAFETY: j0 < n, w = min(PANEL, n - j0), j0 a multiple of PANEL.
+                let (b, b_rs) = unsafe { rhs.panel(j0, w) };
+                // SAFETY: rows k0 .. k0 + kc of the panel are in bounds (k0 + kc ≤ k).
+                let b = unsafe { b.add(k0 * b_rs) };
+                let mut i0 = 0;
+                while i0 < m {
+                    let mr = MR.min(m - i0);
+                    // SAFETY: rows i0 .. i0 + mr (end ≤ m), lhs columns k0 .. k0 + kc (end ≤ k),
+                    // panel rows k0 .. k0 + kc and dst columns j0 .. j0 + w (end ≤ n) are in
+                    // bounds by the caller's contract; mr is 1..=MR, and w is 16, 32, 48 or
+                    // 64 because n is a multiple of 16.
+                    unsafe {
+                        let a = lhs.add(i0 * lhs_rs + k0);
+                        let c = dst.add(i0 * dst_rs + j0);
+                        tile_dispatch(mr, w / 16, kc, a, lhs_rs, b, b_rs, c, dst_rs, acc);
+                    }
+                    i0 += mr;
+                }
+            }
+        }
+    }
+
+    /// Picks the tile kernel for `mr` rows (1..=MR) and `nv` zmm columns (1..=4).
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_dispatch(
+        mr: usize,
+        nv: usize,
+        kc: usize,
+        a: *const f32,
+        a_rs: usize,
+        b: *const f32,
+        b_rs: usize,
+        c: *mut f32,
+        c_rs: usize,
+        acc: bool,
+    ) {
+        macro_rules! go {
+            ($($r:literal),*) => {
+                match (mr, nv) {
+                    $(
+                        ($r, 4) => tile::<$r, 4>(kc, a, a_rs, b, b_rs, c, c_rs, acc),
+                        ($r, 3) => tile::<$r, 3>(kc, a, a_rs, b, b_rs, c, c_rs, acc),
+                        ($r, 2) => tile::<$r, 2>(kc, a, a_rs, b, b_rs, c, c_rs, acc),
+                        ($r, 1) => tile::<$r, 1>(kc, a, a_rs, b, b_rs, c, c_rs, acc),
+                    )*
+                    _ => unreachable!("tile {mr}×{nv}"),
+                }
+            };
+        }
+        // The row counts 1..=MR, spelled out.
+        const _: () = assert!(MR == 6);
+        // SAFETY: forwarded from the caller.
+        unsafe { go!(6, 5, 4, 3, 2, 1) }
+    }
+
+    /// `c (R × 16·V) [+]= a (R × kc) · b (kc × 16·V)`, all row-major with the given row
+    /// strides, accumulating in `R · V` zmm registers.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `a[i * a_rs + p]`, `b[p * b_rs + j]` and
+    /// `c[i * c_rs + j]` must be in bounds for i < R, p < kc, j < 16·V.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const R: usize, const V: usize>(
+        kc: usize,
+        a: *const f32,
+        a_rs: usize,
+        b: *const f32,
+        b_rs: usize,
+        c: *mut f32,
+        c_rs: usize,
+        acc: bool,
+    ) {
+        let mut sum = [[_mm512_setzero_ps(); V]; R];
+        for p in 0..kc {
+            let mut bv = [_mm512_setzero_ps(); V];
+            for (v, x) in bv.iter_mut().enumerate() {
+                // SAFETY: p < kc and 16·v + 15 < 16·V, in bounds by the contract.
+                *x = unsafe { _mm512_loadu_ps(b.add(p * b_rs + 16 * v)) };
+            }
+            for (i, row) in sum.iter_mut().enumerate() {
+                // SAFETY: i < R and p < kc, in bounds by the contract.
+                let x = _mm512_set1_ps(unsafe { *a.add(i * a_rs + p) });
+                for (s, &bb) in row.iter_mut().zip(&bv) {
+                    *s = _mm512_fmadd_ps(x, bb, *s);
+                }
+            }
+        }
+        for (i, row) in sum.iter().enumerate() {
+            for (v, &s) in row.iter().enumerate() {
+                // SAFETY: i < R and 16·v + 15 < 16·V, in bounds by the contract.
+                unsafe {
+                    let p = c.add(i * c_rs + 16 * v);
+                    let s = if acc {
+                        _mm512_add_ps(_mm512_loadu_ps(p), s)
+                    } else {
+                        s
+                    };
+                    _mm512_storeu_ps(p, s);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// The naive triple loop, in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: &mut [f32],
+        dst_rs: usize,
+        acc: bool,
+        lhs: &[f32],
+        lhs_rs: usize,
+        rhs: &[f32],
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = if acc { dst[i * dst_rs + j] as f64 } else { 0.0 };
+                for p in 0..k {
+                    s += lhs[i * lhs_rs + p] as f64 * rhs[p * n + j] as f64;
+                }
+                dst[i * dst_rs + j] = s as f32;
+            }
+        }
+    }
+
+    fn check(m: usize, n: usize, k: usize, acc: bool, pad: usize) {
+        let (lhs_rs, dst_rs) = (k + pad, n + 2 * pad);
+        let mut lhs = values(m * lhs_rs, 1 + (m * 31 + n * 7 + k) as u64);
+        let rhs = values(k * n, 2 + (m + n * 13 + k * 5) as u64);
+        // NaN in the padding columns of lhs would leak into any result that read them;
+        // NaN in dst checks that `accumulate = false` never reads it, and the padding
+        // columns of dst must come back untouched.
+        for (idx, x) in lhs.iter_mut().enumerate() {
+            if idx % lhs_rs >= k {
+                *x = f32::NAN;
+            }
+        }
+        let mut init = values(m * dst_rs, 3);
+        for (idx, x) in init.iter_mut().enumerate() {
+            if idx % dst_rs >= n {
+                *x = 7.0;
+            } else if !acc {
+                *x = f32::NAN;
+            }
+        }
+        let mut expected = init.clone();
+        naive(m, n, k, &mut expected, dst_rs, acc, &lhs, lhs_rs, &rhs);
+        let packed = PackedRhs::pack(k, n, &rhs, n, 1);
+        assert_eq!((packed.k(), packed.n()), (k, n));
+        // Packed or row-major rhs, through the dispatch (AVX-512 where there is one) or
+        // through the portable path directly.
+        for (use_packed, portable) in [(false, false), (true, false), (false, true), (true, true)] {
+            let mut got = init.clone();
+            let view = if use_packed {
+                packed.view()
+            } else {
+                Rhs {
+                    ptr: rhs.as_ptr(),
+                    k,
+                    n,
+                    packed: false,
+                }
+            };
+            let (d, l) = (got.as_mut_ptr(), lhs.as_ptr());
+            // SAFETY: the buffers are sized for the shapes and strides; dst is separate.
+            unsafe {
+                match (use_packed, portable) {
+                    (_, true) => run_portable(m, d, dst_rs, acc, l, lhs_rs, view),
+                    (true, false) => gemm_packed(m, d, dst_rs, acc, l, lhs_rs, &packed),
+                    (false, false) => {
+                        gemm_rowmajor_acc(m, n, k, d, dst_rs, acc, l, lhs_rs, rhs.as_ptr())
+                    }
+                }
+            }
+            for (idx, (g, e)) in got.iter().zip(&expected).enumerate() {
+                let tol = 1e-5 * (1.0 + k as f32).sqrt();
+                assert!(
+                    (g - e).abs() <= tol,
+                    "m={m} n={n} k={k} acc={acc} pad={pad} packed={use_packed} portable={portable}: [{}][{}] {g} vs {e}",
+                    idx / dst_rs,
+                    idx % dst_rs
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matches_the_naive_product_for_awkward_shapes() {
+        for m in [1, 3, 5, 64] {
+            for n in [16, 48, 64, 80, 512] {
+                for k in [1, 7, 128, 300] {
+                    for acc in [false, true] {
+                        for pad in [0, 3] {
+                            check(m, n, k, acc, pad);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn odd_widths_take_the_portable_path() {
+        for (m, n, k) in [(3, 5, 4), (5, 70, 9), (2, 1, 1)] {
+            for acc in [false, true] {
+                check(m, n, k, acc, 2);
+            }
+        }
+    }
+
+    #[test]
+    fn empty_shapes() {
+        check(4, 32, 0, false, 1);
+        check(4, 32, 0, true, 1);
+        check(0, 32, 5, true, 0);
+    }
+
+    #[test]
+    fn packing_a_transpose() {
+        // A 3 × 70 matrix packed as its 70 × 3 transpose.
+        let src = values(3 * 70, 9);
+        let p = PackedRhs::pack(70, 3, &src, 1, 70);
+        // One panel (n = 3 < 64): rows of 3 contiguous floats.
+        for r in 0..70 {
+            for c in 0..3 {
+                assert_eq!(p.data[r * 3 + c], src[c * 70 + r]);
+            }
+        }
+        // Two panels (64 + 6 columns) of the 3 × 70 matrix itself.
+        let p = PackedRhs::pack(3, 70, &src, 70, 1);
+        assert_eq!(p.data[64 + 1], src[70 + 1]);
+        assert_eq!(p.data[3 * 64 + 6 + 2], src[70 + 64 + 2]);
+    }
+}
