@@ -369,8 +369,7 @@ async fn train(client: &mut Client, a: TrainArgs) -> Result<()> {
                 );
             }
             Some(Event::Sample(s)) => {
-                println!("--- temperature {}: \"{}\"", s.temperature, s.seed_text);
-                println!("{}{}\n", s.seed_text, s.text);
+                println!("--- temperature {}\n{}{}\n", s.temperature, s.seed_text, s.text);
             }
             Some(Event::Checkpoint(c)) => {
                 tracing::info!(checkpoint = %c.checkpoint, "checkpoint written")
