@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Times Oneiro's text workloads and the PyTorch and Keras peers in one run, on this
-# machine, with the same thread count, and prints each result with its ratio.
+# machine, with the same thread count, and prints each result with its ratio. Each
+# program runs REPS times (default 3), interleaved, and its best run counts: the peers'
+# timings vary by 2x from run to run on a shared 2-core machine.
 #
 #   scripts/bench-text.sh [THREADS] [PEERS_DIR] [CORPUS]
 #
@@ -14,22 +16,34 @@ py=/tmp/peers/bin/python
 cargo build --release -q -p oneiro-client --bin oneiro
 oneiro=target/release/oneiro
 export TF_CPP_MIN_LOG_LEVEL=3
+reps=${REPS:-3}
 run() { "$@" 2>/dev/null | tail -n 1; }
-ours_train=$(run $oneiro bench text-train --threads "$threads" --device cpu)
-torch_train=$(run $py "$peers/torch_peer.py" text-train --threads "$threads")
-keras_train=$(run $py "$peers/keras_peer.py" text-train --threads "$threads")
-ours_gen=$(run $oneiro bench text-generate --threads "$threads" --device cpu)
-torch_gen=$(run $py "$peers/torch_peer.py" text-generate --threads "$threads")
-echo "$ours_train"; echo "$torch_train"; echo "$keras_train"; echo "$ours_gen"; echo "$torch_gen"
-python3 - "$ours_train" "$torch_train" "$keras_train" "$ours_gen" "$torch_gen" <<'PY'
+log=$(mktemp)
+for _ in $(seq "$reps"); do
+  run $oneiro bench text-train --threads "$threads" --device cpu | sed 's/^/ours-train /' >>"$log"
+  run $py "$peers/torch_peer.py" text-train --threads "$threads" | sed 's/^/torch-train /' >>"$log"
+  run $py "$peers/keras_peer.py" text-train --threads "$threads" | sed 's/^/keras-train /' >>"$log"
+  run $oneiro bench text-generate --threads "$threads" --device cpu | sed 's/^/ours-gen /' >>"$log"
+  run $py "$peers/torch_peer.py" text-generate --threads "$threads" | sed 's/^/torch-gen /' >>"$log"
+done
+cat "$log"
+python3 - "$log" <<'PY'
 import json, sys
-o, t, k, og, tg = (json.loads(a) for a in sys.argv[1:])
+runs = {}
+for line in open(sys.argv[1]):
+    tag, js = line.split(" ", 1)
+    runs.setdefault(tag, []).append(json.loads(js))
+best = lambda tag, key: max(runs[tag], key=lambda r: r[key])
+o, t, k = (best(x, "sequences_per_s") for x in ("ours-train", "torch-train", "keras-train"))
+og, tg = (best(x, "chars_per_s") for x in ("ours-gen", "torch-gen"))
+print(f"best of {len(runs['ours-train'])} runs each:")
 print(f"text-train    oneiro {o['sequences_per_s']:.0f} seq/s | pytorch {t['sequences_per_s']:.0f} "
       f"(x{o['sequences_per_s']/t['sequences_per_s']:.2f}) | keras {k['sequences_per_s']:.0f} "
       f"(x{o['sequences_per_s']/k['sequences_per_s']:.2f})")
 print(f"text-generate oneiro {og['chars_per_s']:.0f} chars/s | pytorch {tg['chars_per_s']:.0f} "
       f"(x{og['chars_per_s']/tg['chars_per_s']:.2f})")
 PY
+rm -f "$log"
 if [ -f "$corpus" ]; then
   $oneiro bench text-prepare --corpus "$corpus"
 fi
