@@ -44,6 +44,7 @@ fn train_request(model: &str, text: &str, epochs: u32) -> pb::TrainRequest {
     pb::TrainRequest {
         model: model.into(),
         create_if_missing: true,
+        stop_on_disconnect: false,
         create_config: Some(pb::train_request::CreateConfig::CharLstm(small_config())),
         options: Some(pb::TrainOptions {
             epochs,
@@ -112,8 +113,15 @@ async fn a_daemon_trains_a_model_that_learns_and_generates_and_survives_a_restar
         .await
         .expect("training succeeds");
     use pb::train_event::Event;
-    let Some(Event::Started(started)) = events.first() else {
-        panic!("first event is Started: {events:?}")
+    let Some(Event::Accepted(accepted)) = events.first() else {
+        panic!("first event is Accepted: {events:?}")
+    };
+    assert_eq!(accepted.model, "fox");
+    let Some(started) = events.iter().find_map(|e| match e {
+        Event::Started(s) => Some(s),
+        _ => None,
+    }) else {
+        panic!("a Started event: {events:?}")
     };
     assert_eq!(
         (started.first_epoch, started.epochs, started.device.as_str()),
@@ -217,7 +225,10 @@ async fn a_daemon_trains_a_model_that_learns_and_generates_and_survives_a_restar
     let more = train_to_end(&mut client, train_request("fox", &corpus, 1))
         .await
         .unwrap();
-    assert!(matches!(more.first(), Some(Event::Started(s)) if s.first_epoch == 7));
+    assert!(
+        more.iter()
+            .any(|e| matches!(e, Event::Started(s) if s.first_epoch == 7))
+    );
     client.delete_model("fox").await.unwrap();
     assert_eq!(
         client

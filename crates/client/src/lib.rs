@@ -3,6 +3,8 @@
 
 use oneiro_proto::v1::oneiro_client::OneiroClient;
 use tonic::Streaming;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 pub use oneiro_proto::v1 as pb;
@@ -25,28 +27,68 @@ pub enum ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// Adds `authorization: Bearer <token>` to every call when a token is set.
+#[derive(Clone, Default)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl BearerToken {
+    pub fn new(token: &str) -> Result<Self> {
+        let value = format!("Bearer {token}").parse().map_err(|_| {
+            ClientError::Endpoint(
+                "token".into(),
+                "the token has characters a header cannot carry".into(),
+            )
+        })?;
+        Ok(Self(Some(value)))
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "BearerToken(***)"
+        } else {
+            "BearerToken(none)"
+        })
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
 #[derive(Clone)]
 pub struct Client {
-    inner: OneiroClient<Channel>,
+    inner: OneiroClient<InterceptedService<Channel, BearerToken>>,
 }
 
 impl Client {
     /// Connects to `endpoint`, e.g. `http://127.0.0.1:50051`.
     pub async fn connect(endpoint: &str) -> Result<Self> {
+        Self::connect_with_token(endpoint, BearerToken::default()).await
+    }
+
+    /// Connects, sending `token` with every call.
+    pub async fn connect_with_token(endpoint: &str, token: BearerToken) -> Result<Self> {
         let ep = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| ClientError::Endpoint(endpoint.into(), e.to_string()))?;
         let channel = ep
             .connect()
             .await
             .map_err(|e| ClientError::Connect(endpoint.into(), source_chain(&e)))?;
-        let inner = OneiroClient::new(channel)
+        let inner = OneiroClient::with_interceptor(channel, token)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Self { inner })
     }
 
     /// The generated client, for calls this wrapper does not cover.
-    pub fn raw(&mut self) -> &mut OneiroClient<Channel> {
+    pub fn raw(&mut self) -> &mut OneiroClient<InterceptedService<Channel, BearerToken>> {
         &mut self.inner
     }
 
@@ -85,6 +127,47 @@ impl Client {
     /// Starts a training and returns its event stream.
     pub async fn train(&mut self, req: pb::TrainRequest) -> Result<Streaming<pb::TrainEvent>> {
         Ok(self.inner.train(req).await?.into_inner())
+    }
+
+    /// Re-attaches to a job: its recent events, then live ones.
+    pub async fn watch_job(&mut self, job_id: &str) -> Result<Streaming<pb::TrainEvent>> {
+        Ok(self
+            .inner
+            .watch_job(pb::WatchJobRequest {
+                job_id: job_id.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn cancel_job(&mut self, job_id: &str) -> Result<pb::JobInfo> {
+        Ok(self
+            .inner
+            .cancel_job(pb::CancelJobRequest {
+                job_id: job_id.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn list_jobs(&mut self) -> Result<Vec<pb::JobInfo>> {
+        Ok(self
+            .inner
+            .list_jobs(pb::ListJobsRequest {})
+            .await?
+            .into_inner()
+            .jobs)
+    }
+
+    /// Continues a stopped job from its last checkpoint and follows it.
+    pub async fn resume_job(&mut self, job_id: &str) -> Result<Streaming<pb::TrainEvent>> {
+        Ok(self
+            .inner
+            .resume_job(pb::ResumeJobRequest {
+                job_id: job_id.into(),
+            })
+            .await?
+            .into_inner())
     }
 
     /// Starts a generation and returns its stream of text chunks.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use oneiro_client::{Client, corpus, pb};
+use oneiro_client::{BearerToken, Client, corpus, pb};
 use oneiro_daemon::DaemonConfig;
 use oneiro_daemon::device::DeviceSpec;
 
@@ -31,6 +31,17 @@ struct Cli {
     /// Device of the in-process engine: cpu, cuda:N or auto.
     #[arg(long, global = true, env = "ONEIRO_DEVICE", default_value = "auto")]
     device: DeviceSpec,
+    /// Bearer token for a daemon started with one.
+    #[arg(long, global = true, env = "ONEIRO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the bearer token (instead of --token).
+    #[arg(
+        long,
+        global = true,
+        env = "ONEIRO_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +53,9 @@ enum Command {
     Text(TextCommand),
     /// The daemon's version, device and limits.
     Info,
+    /// Training jobs on the daemon.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
     /// Benchmarks, timed like ../shared/peers (one JSON line each).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -59,6 +73,23 @@ enum TextCommand {
     Describe { name: String },
     /// Delete a model and its checkpoints.
     Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum JobsCommand {
+    /// Jobs with their state, progress and latest loss.
+    List,
+    /// Follow a job (its recent events first).
+    Watch { job_id: String },
+    /// Stop a job at its next step (a checkpoint is written first).
+    Cancel { job_id: String },
+    /// Continue an interrupted, cancelled or failed job from its last checkpoint.
+    Resume {
+        job_id: String,
+        /// Print the job id and return instead of following it.
+        #[arg(long)]
+        detach: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -97,6 +128,15 @@ struct TrainArgs {
     /// Skip the per-epoch samples.
     #[arg(long)]
     no_samples: bool,
+    /// Also checkpoint every N steps inside an epoch (0: at epoch ends only).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: u32,
+    /// Stop when the loss exceeds this factor of the best epoch loss (0: never) [4].
+    #[arg(long)]
+    divergence_factor: Option<f32>,
+    /// Print the job id and return; the daemon trains on (needs --endpoint).
+    #[arg(long)]
+    detach: bool,
     /// Window length, for a new model [60].
     #[arg(long)]
     maxlen: Option<u32>,
@@ -197,6 +237,25 @@ fn real_main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    let detach = match &cli.command {
+        Command::Text(TextCommand::Train(a)) => a.detach,
+        Command::Jobs(JobsCommand::Resume { detach, .. }) => *detach,
+        _ => false,
+    };
+    if detach && cli.endpoint.is_none() {
+        bail!(
+            "--detach needs --endpoint: without a daemon the engine stops when this command does"
+        );
+    }
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(t), _) => BearerToken::new(t)?,
+        (None, Some(f)) => {
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read token file {}", f.display()))?;
+            BearerToken::new(t.trim())?
+        }
+        (None, None) => BearerToken::default(),
+    };
     // Without an endpoint: the engine in-process, on a loopback port only we know.
     let (endpoint, embedded) = match &cli.endpoint {
         Some(e) => (e.clone(), None),
@@ -211,26 +270,192 @@ async fn run(cli: Cli) -> Result<()> {
             (d.endpoint(), Some(d))
         }
     };
-    let mut client = Client::connect(&endpoint).await?;
-    let result = match cli.command {
-        Command::Text(t) => text(&mut client, t).await,
-        Command::Info => {
-            let i = client.info().await?;
-            let l = i.limits.unwrap_or_default();
-            println!("oneirod {} on {} ({})", i.version, i.device, i.dtype);
-            println!(
-                "limits: generate ≤ {} chars, request ≤ {} bytes, corpus ≤ {} bytes",
-                l.max_generate_length, l.max_request_bytes, l.max_corpus_bytes
-            );
-            Ok(())
+    let mut client = Client::connect_with_token(&endpoint, token).await?;
+    let work = async {
+        match cli.command {
+            Command::Text(t) => text(&mut client, t).await,
+            Command::Jobs(j) => jobs(&mut client, j).await,
+            Command::Info => {
+                let i = client.info().await?;
+                let l = i.limits.unwrap_or_default();
+                println!(
+                    "oneirod {} on {} ({}){}",
+                    i.version,
+                    i.device,
+                    i.dtype,
+                    if i.auth_required {
+                        ", token required"
+                    } else {
+                        ""
+                    }
+                );
+                println!(
+                    "limits: generate ≤ {} chars, request ≤ {} bytes, corpus ≤ {} bytes, queue {}",
+                    l.max_generate_length, l.max_request_bytes, l.max_corpus_bytes, l.queue_depth
+                );
+                println!(
+                    "now: {} queued, {} training jobs active",
+                    i.queued, i.active_jobs
+                );
+                Ok(())
+            }
+            Command::Bench(_) => unreachable!("handled before the runtime starts"),
         }
-        Command::Bench(_) => unreachable!("handled before the runtime starts"),
     };
-    drop(client);
+    let result = match &embedded {
+        // Ctrl-C with the engine in-process: let trainings checkpoint before exiting.
+        Some(_) => tokio::select! {
+            r = work => r,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("interrupted: checkpointing; `oneiro jobs list` shows the job to resume");
+                Ok(())
+            }
+        },
+        None => work.await,
+    };
     if let Some(d) = embedded {
         d.shutdown().await?;
     }
     result
+}
+
+/// Prints a job's events: progress bar, epoch lines, samples, the outcome.
+async fn follow(mut stream: tonic::Streaming<pb::TrainEvent>, detach: bool) -> Result<()> {
+    let mut bar: Option<ProgressBar> = None;
+    let mut total_epochs = 0;
+    let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+        .expect("valid template")
+        .progress_chars("=> ");
+    use pb::train_event::Event;
+    while let Some(ev) = stream.message().await? {
+        match ev.event {
+            Some(Event::Accepted(a)) => {
+                eprintln!("job {} training {}", ev.job_id, a.model);
+                if detach {
+                    println!("{}", ev.job_id);
+                    return Ok(());
+                }
+            }
+            Some(Event::Started(s)) => {
+                total_epochs = s.first_epoch + s.epochs - 1;
+                let resumed = if s.first_step > 0 {
+                    format!(
+                        ", resuming epoch {} at step {}",
+                        s.first_epoch, s.first_step
+                    )
+                } else {
+                    String::new()
+                };
+                eprintln!(
+                    "training {} on {}: {} sequences ({} held out), vocabulary {}, {} steps per epoch{resumed}",
+                    s.model,
+                    s.device,
+                    s.train_sequences,
+                    s.validation_sequences,
+                    s.vocab_size,
+                    s.steps_per_epoch
+                );
+            }
+            Some(Event::Batch(b)) => {
+                let p = bar.get_or_insert_with(|| {
+                    let p = ProgressBar::new(b.steps_per_epoch as u64).with_style(style.clone());
+                    p.set_prefix(format!("{}/{}", b.epoch, total_epochs));
+                    p.enable_steady_tick(Duration::from_millis(200));
+                    p
+                });
+                p.set_position(b.step as u64);
+                p.set_message(format!(
+                    "loss {:.4}  {:.0} seq/s",
+                    b.loss, b.sequences_per_second
+                ));
+            }
+            Some(Event::EpochEnd(e)) => {
+                if let Some(p) = bar.take() {
+                    p.finish_and_clear();
+                }
+                let val = e
+                    .val_loss
+                    .map(|v| format!("  val_loss {v:.4}"))
+                    .unwrap_or_default();
+                println!(
+                    "epoch {}/{}  loss {:.4}{}  ({:.1}s)",
+                    e.epoch, total_epochs, e.loss, val, e.seconds
+                );
+            }
+            Some(Event::Sample(s)) => {
+                println!(
+                    "--- temperature {}\n{}{}\n",
+                    s.temperature, s.seed_text, s.text
+                );
+            }
+            Some(Event::Checkpoint(c)) => {
+                tracing::info!(checkpoint = %c.checkpoint, step = c.step, "checkpoint written")
+            }
+            Some(Event::Finished(f)) => {
+                println!(
+                    "done: {} epochs trained, final loss {:.4} ({:.1}s)",
+                    f.epochs_trained, f.final_loss, f.seconds
+                );
+            }
+            Some(Event::Stopped(s)) => {
+                if let Some(p) = bar.take() {
+                    p.abandon();
+                }
+                let state = pb::JobState::try_from(s.state)
+                    .map(|s| s.as_str_name())
+                    .unwrap_or("?");
+                eprintln!("job {} stopped ({state}): {}", ev.job_id, s.reason);
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+async fn jobs(client: &mut Client, cmd: JobsCommand) -> Result<()> {
+    match cmd {
+        JobsCommand::List => {
+            let jobs = client.list_jobs().await?;
+            if jobs.is_empty() {
+                println!("no jobs");
+            }
+            for j in jobs {
+                let state = pb::JobState::try_from(j.state)
+                    .map(|s| {
+                        s.as_str_name()
+                            .trim_start_matches("JOB_STATE_")
+                            .to_lowercase()
+                    })
+                    .unwrap_or_default();
+                let loss = j.last_loss.map_or("-".into(), |l| format!("{l:.4}"));
+                println!(
+                    "{}  {:<12} {:<20} epoch {}/{} step {}/{}  loss {}  {}",
+                    j.job_id,
+                    state,
+                    j.model,
+                    j.epoch,
+                    j.target_epoch,
+                    j.step,
+                    j.steps_per_epoch,
+                    loss,
+                    j.message
+                );
+            }
+            Ok(())
+        }
+        JobsCommand::Watch { job_id } => follow(client.watch_job(&job_id).await?, false).await,
+        JobsCommand::Cancel { job_id } => {
+            let j = client.cancel_job(&job_id).await?;
+            println!(
+                "cancelling {} (stops at its next step, after a checkpoint)",
+                j.job_id
+            );
+            Ok(())
+        }
+        JobsCommand::Resume { job_id, detach } => {
+            follow(client.resume_job(&job_id).await?, detach).await
+        }
+    }
 }
 
 async fn text(client: &mut Client, cmd: TextCommand) -> Result<()> {
@@ -299,6 +524,7 @@ async fn train(client: &mut Client, a: TrainArgs) -> Result<()> {
     let req = pb::TrainRequest {
         model: a.model.clone(),
         create_if_missing: true,
+        stop_on_disconnect: false,
         create_config: Some(pb::train_request::CreateConfig::CharLstm(
             pb::CharLstmConfig {
                 maxlen: a.maxlen.unwrap_or(0),
@@ -316,74 +542,18 @@ async fn train(client: &mut Client, a: TrainArgs) -> Result<()> {
             sample_temperatures: a.temperatures,
             sample_length: a.sample_length,
             no_samples: a.no_samples,
+            checkpoint_every_steps: a.checkpoint_every,
+            divergence_factor: match a.divergence_factor {
+                Some(f) if f <= 0.0 => -1.0,
+                Some(f) => f,
+                None => 0.0,
+            },
         }),
         data: Some(pb::train_request::Data::Text(pb::TextCorpus {
             source: Some(source),
         })),
     };
-    let mut stream = client.train(req).await?;
-    let mut bar: Option<ProgressBar> = None;
-    let mut total_epochs = 0;
-    let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
-        .expect("valid template")
-        .progress_chars("=> ");
-    use pb::train_event::Event;
-    while let Some(ev) = stream.message().await? {
-        match ev.event {
-            Some(Event::Started(s)) => {
-                total_epochs = s.first_epoch + s.epochs - 1;
-                eprintln!(
-                    "training {} on {}: {} sequences ({} held out), vocabulary {}, {} steps per epoch",
-                    s.model,
-                    s.device,
-                    s.train_sequences,
-                    s.validation_sequences,
-                    s.vocab_size,
-                    s.steps_per_epoch
-                );
-            }
-            Some(Event::Batch(b)) => {
-                let pb_ = bar.get_or_insert_with(|| {
-                    let p = ProgressBar::new(b.steps_per_epoch as u64).with_style(style.clone());
-                    p.set_prefix(format!("{}/{}", b.epoch, total_epochs));
-                    p.enable_steady_tick(Duration::from_millis(200));
-                    p
-                });
-                pb_.set_position(b.step as u64);
-                pb_.set_message(format!(
-                    "loss {:.4}  {:.0} seq/s",
-                    b.loss, b.sequences_per_second
-                ));
-            }
-            Some(Event::EpochEnd(e)) => {
-                if let Some(p) = bar.take() {
-                    p.finish_and_clear();
-                }
-                let val = e
-                    .val_loss
-                    .map(|v| format!("  val_loss {v:.4}"))
-                    .unwrap_or_default();
-                println!(
-                    "epoch {}/{}  loss {:.4}{}  ({:.1}s)",
-                    e.epoch, total_epochs, e.loss, val, e.seconds
-                );
-            }
-            Some(Event::Sample(s)) => {
-                println!("--- temperature {}\n{}{}\n", s.temperature, s.seed_text, s.text);
-            }
-            Some(Event::Checkpoint(c)) => {
-                tracing::info!(checkpoint = %c.checkpoint, "checkpoint written")
-            }
-            Some(Event::Finished(f)) => {
-                println!(
-                    "done: {} epochs trained, final loss {:.4} ({:.1}s)",
-                    f.epochs_trained, f.final_loss, f.seconds
-                );
-            }
-            None => {}
-        }
-    }
-    Ok(())
+    follow(client.train(req).await?, a.detach).await
 }
 
 fn read_corpus(path: &std::path::Path) -> Result<String> {

@@ -1,6 +1,8 @@
 //! The daemon's validated settings (the CLI flags of `oneirod` map onto these).
 
+use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::device::DeviceSpec;
 
@@ -17,6 +19,30 @@ pub struct DaemonConfig {
     pub max_corpus_bytes: usize,
     /// Jobs waiting for the device worker before new ones get `ResourceExhausted`.
     pub queue_depth: usize,
+    /// When set, every call must carry `authorization: Bearer <token>`.
+    pub auth_token: Option<Secret>,
+    /// How long a shutdown waits for trainings to checkpoint and streams to end.
+    pub shutdown_timeout: Duration,
+}
+
+/// A value that must never reach logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 impl DaemonConfig {
@@ -28,6 +54,8 @@ impl DaemonConfig {
             max_request_bytes: 64 << 20,
             max_corpus_bytes: 32 << 20,
             queue_depth: 16,
+            auth_token: None,
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }

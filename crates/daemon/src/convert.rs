@@ -72,6 +72,13 @@ pub fn train_options(p: Option<&pb::TrainOptions>) -> TextTrainOptions {
         } else {
             p.sample_length as usize
         },
+        checkpoint_every_steps: p.checkpoint_every_steps,
+        // Zero is "unset" in proto3: the default; a negative factor switches it off.
+        divergence_factor: if p.divergence_factor == 0.0 {
+            d.divergence_factor
+        } else {
+            p.divergence_factor.max(0.0)
+        },
     }
 }
 
@@ -83,6 +90,7 @@ pub fn train_event(e: TrainEvent) -> pb::TrainEvent {
             device,
             first_epoch,
             epochs,
+            first_step,
             steps_per_epoch,
             train_sequences,
             validation_sequences,
@@ -92,6 +100,7 @@ pub fn train_event(e: TrainEvent) -> pb::TrainEvent {
             device,
             first_epoch,
             epochs,
+            first_step,
             steps_per_epoch,
             train_sequences,
             validation_sequences,
@@ -132,9 +141,15 @@ pub fn train_event(e: TrainEvent) -> pb::TrainEvent {
             seed_text,
             text,
         }),
-        TrainEvent::Checkpoint { epoch, checkpoint } => {
-            Event::Checkpoint(pb::CheckpointWritten { epoch, checkpoint })
-        }
+        TrainEvent::Checkpoint {
+            epoch,
+            step,
+            checkpoint,
+        } => Event::Checkpoint(pb::CheckpointWritten {
+            epoch,
+            checkpoint,
+            step,
+        }),
         TrainEvent::Finished {
             epochs_trained,
             final_loss,
@@ -145,7 +160,10 @@ pub fn train_event(e: TrainEvent) -> pb::TrainEvent {
             seconds,
         }),
     };
-    pb::TrainEvent { event: Some(event) }
+    pb::TrainEvent {
+        job_id: String::new(),
+        event: Some(event),
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod convert;
 pub mod device;
 pub mod error;
+pub mod jobs;
 pub mod server;
 pub mod service;
 pub mod worker;

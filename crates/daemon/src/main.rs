@@ -38,11 +38,24 @@ struct Args {
     /// CPU threads for tensor work [default: RAYON_NUM_THREADS, else one per core].
     #[arg(long, env = "ONEIRO_THREADS")]
     threads: Option<usize>,
+    /// Require this bearer token on every call. Prefer --token-file: a value on the
+    /// command line is visible to other users of the machine.
+    #[arg(long, env = "ONEIRO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the bearer token every call must carry.
+    #[arg(long, env = "ONEIRO_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Seconds a shutdown (SIGTERM, Ctrl-C) waits for trainings to checkpoint and
+    /// streams to end.
+    #[arg(long, default_value_t = 30)]
+    shutdown_timeout_secs: u64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stdout().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
@@ -59,6 +72,24 @@ async fn main() -> anyhow::Result<()> {
     config.max_request_bytes = args.max_request_mib << 20;
     config.max_corpus_bytes = args.max_corpus_mib << 20;
     config.queue_depth = args.queue_depth;
+    config.shutdown_timeout = std::time::Duration::from_secs(args.shutdown_timeout_secs);
+    config.auth_token = match (args.token, args.token_file) {
+        (Some(t), _) => Some(t),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(&f)
+                .map_err(|e| anyhow::anyhow!("cannot read token file {}: {e}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    }
+    .map(|t| {
+        if t.is_empty() {
+            anyhow::bail!("the bearer token is empty")
+        }
+        Ok(oneiro_daemon::config::Secret::new(t))
+    })
+    .transpose()?;
     tracing::info!(state_dir = %config.state_dir.display(), "starting");
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     oneiro_daemon::serve(config, listener, shutdown_signal()).await

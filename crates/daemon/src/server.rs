@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use oneiro_proto::v1::{FILE_DESCRIPTOR_SET, oneiro_server::OneiroServer};
@@ -11,9 +12,10 @@ use oneiro_trainer::ModelStore;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::config::DaemonConfig;
+use crate::config::{DaemonConfig, Secret};
+use crate::jobs::JobManager;
 use crate::service::OneiroService;
 use crate::worker;
 
@@ -25,6 +27,41 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     serve_inner(config, listener, shutdown, || {}).await
+}
+
+/// Checks `authorization: Bearer <token>` on every call when a token is configured.
+#[derive(Clone)]
+struct BearerAuth {
+    expected: Option<Secret>,
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(req);
+        };
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let token = given.strip_prefix("Bearer ").unwrap_or("");
+        // Compare without an early exit, so timing does not reveal a matching prefix.
+        let (a, b) = (token.as_bytes(), expected.expose().as_bytes());
+        let diff = a
+            .iter()
+            .zip(b)
+            .fold(a.len() ^ b.len(), |acc, (x, y)| acc | usize::from(x ^ y));
+        if diff == 0 {
+            Ok(req)
+        } else if given.is_empty() {
+            Err(tonic::Status::unauthenticated(
+                "this daemon requires a bearer token (authorization: Bearer ...)",
+            ))
+        } else {
+            Err(tonic::Status::unauthenticated("invalid bearer token"))
+        }
+    }
 }
 
 async fn serve_inner(
@@ -39,9 +76,14 @@ async fn serve_inner(
             config.state_dir.display()
         )
     })?);
+    let jobs = Arc::new(
+        JobManager::open(&config.state_dir)
+            .with_context(|| format!("cannot open the jobs of {}", config.state_dir.display()))?,
+    );
     let (handle, thread) = worker::spawn(config.device, store.clone(), config.queue_depth)
         .map_err(|e| anyhow::anyhow!(e))?;
     let device = handle.device.clone();
+    let stopping = handle.stopping.clone();
 
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -50,32 +92,52 @@ async fn serve_inner(
         .build_v1()
         .context("building the reflection service")?;
     let max = config.max_request_bytes;
-    let oneiro = OneiroServer::new(OneiroService::new(config, store, handle))
+    let deadline = config.shutdown_timeout;
+    let auth = BearerAuth {
+        expected: config.auth_token.clone(),
+    };
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let service = OneiroService::new(config, store, handle, jobs.clone(), shutting_down.clone());
+    let oneiro = OneiroServer::new(service)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     reporter.set_serving::<OneiroServer<OneiroService>>().await;
-    info!(addr = %listener.local_addr()?, %device, "serving");
+    info!(addr = %listener.local_addr()?, %device, auth = auth.expected.is_some(), "serving");
     on_ready();
 
-    let shutdown_reporter = reporter.clone();
-    tonic::transport::Server::builder()
+    // Shutdown: NOT_SERVING, refuse new work, ask running trainings to checkpoint and
+    // stop (they end as interrupted, resumable), end generations; tonic then waits for
+    // open streams, which end as their jobs do, up to the deadline.
+    let begun = Arc::new(tokio::sync::Notify::new());
+    let begun_tx = begun.clone();
+    let server = tonic::transport::Server::builder()
+        .layer(tonic::service::InterceptorLayer::new(auth))
         .add_service(health)
         .add_service(reflection)
         .add_service(oneiro)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
-            shutdown_reporter
+            info!("shutting down");
+            reporter
                 .set_not_serving::<OneiroServer<OneiroService>>()
                 .await;
-            info!("shutting down");
-        })
-        .await
-        .context("gRPC server failed")?;
+            shutting_down.store(true, Ordering::SeqCst);
+            stopping.store(true, Ordering::SeqCst);
+            jobs.interrupt_all("the daemon is shutting down");
+            begun_tx.notify_one();
+        });
+    tokio::select! {
+        r = server => r.context("gRPC server failed")?,
+        _ = async { begun.notified().await; tokio::time::sleep(deadline).await } => {
+            warn!(?deadline, "shutdown deadline passed; streams still open are dropped");
+        }
+    }
     // The service (and with it the worker's job queue) is dropped by now: the worker
-    // ends after its current job, whose streams are closed.
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .ok();
+    // ends after its current job.
+    let joined = tokio::task::spawn_blocking(move || thread.join());
+    if tokio::time::timeout(deadline, joined).await.is_err() {
+        warn!("the worker did not stop within the deadline");
+    }
     Ok(())
 }
 

@@ -3,9 +3,11 @@
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use oneiro_proto::v1::{self as pb, oneiro_server::Oneiro};
 use oneiro_trainer::store::validate_name;
+use oneiro_trainer::text_data::CharCorpus;
 use oneiro_trainer::text_generate::validate_temperature;
 use oneiro_trainer::{ModelRecord, ModelStore};
 use tokio::sync::mpsc;
@@ -17,6 +19,7 @@ use tracing::info_span;
 use crate::config::DaemonConfig;
 use crate::convert;
 use crate::error::ServiceError;
+use crate::jobs::{Job as TrainJob, JobManager, JobState};
 use crate::worker::{Job, WorkerHandle};
 
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -28,15 +31,96 @@ pub struct OneiroService {
     config: DaemonConfig,
     store: Arc<ModelStore>,
     worker: WorkerHandle,
+    jobs: Arc<JobManager>,
+    /// Set when shutdown begins: new work is refused.
+    shutting_down: Arc<AtomicBool>,
+}
+
+/// Streams a job's events to one client: the replay, then the live feed; ends with the
+/// job's failure status, if it failed. With `cancel_on_disconnect`, a client going away
+/// cancels the job.
+fn watch(job: Arc<TrainJob>, cancel_on_disconnect: bool) -> EventStream<pb::TrainEvent> {
+    let sub = job.subscribe();
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(async move {
+        let gone = |job: &TrainJob| {
+            if cancel_on_disconnect {
+                job.request_stop(JobState::Cancelled, "the client disconnected");
+            }
+        };
+        if sub.replay.is_empty() && sub.live.is_none() {
+            // Known from disk only (e.g. after a restart): its outcome is all there is.
+            let info = job.info();
+            let stopped = pb::JobStopped {
+                state: info.state,
+                reason: info.message,
+            };
+            let ev = pb::TrainEvent {
+                job_id: job.id.clone(),
+                event: Some(pb::train_event::Event::Stopped(stopped)),
+            };
+            let _ = tx.send(Ok(ev)).await;
+        }
+        for ev in sub.replay {
+            if tx.send(Ok(ev)).await.is_err() {
+                return gone(&job);
+            }
+        }
+        if let Some(mut live) = sub.live {
+            loop {
+                tokio::select! {
+                    r = live.recv() => match r {
+                        Ok(ev) => {
+                            if tx.send(Ok(ev)).await.is_err() {
+                                return gone(&job);
+                            }
+                        }
+                        // A slow reader misses some progress events, not the stream.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = tx.closed() => return gone(&job),
+                }
+            }
+        }
+        if let Some(status) = job.final_status() {
+            let _ = tx.send(Err(status)).await;
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
 }
 
 impl OneiroService {
-    pub fn new(config: DaemonConfig, store: Arc<ModelStore>, worker: WorkerHandle) -> Self {
+    pub fn new(
+        config: DaemonConfig,
+        store: Arc<ModelStore>,
+        worker: WorkerHandle,
+        jobs: Arc<JobManager>,
+        shutting_down: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             config,
             store,
             worker,
+            jobs,
+            shutting_down,
         }
+    }
+
+    fn admit(&self) -> Result<(), Status> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("the daemon is shutting down"));
+        }
+        Ok(())
+    }
+
+    fn submit_training(&self, job: &Arc<TrainJob>) -> Result<(), ServiceError> {
+        let span = info_span!("train", job = %job.id, model = %job.model);
+        self.worker.submit(Job::Train {
+            job: job.clone(),
+            options: job.options(),
+            span,
+        })
     }
 
     /// Runs a blocking store operation off the async threads.
@@ -98,7 +182,20 @@ impl OneiroService {
 
 /// Creates the model when asked to, or checks that explicitly requested settings match
 /// the existing model's.
-fn ensure_model(store: &ModelStore, req: &pb::TrainRequest) -> Result<ModelRecord, ServiceError> {
+/// Also checks the corpus against the model's settings before anything is created, so a
+/// bad corpus is an immediate error rather than a failed job.
+fn ensure_model(
+    store: &ModelStore,
+    req: &pb::TrainRequest,
+    corpus: &str,
+    validation_split: f32,
+) -> Result<ModelRecord, ServiceError> {
+    let check = |config: &oneiro_models::CharLstmConfig,
+                 vocab: Option<&oneiro_models::Vocabulary>| {
+        CharCorpus::prepare(corpus, config, vocab)?
+            .split(validation_split)
+            .map(|_| ())
+    };
     let requested = req
         .create_config
         .as_ref()
@@ -114,10 +211,12 @@ fn ensure_model(store: &ModelStore, req: &pb::TrainRequest) -> Result<ModelRecor
                     )));
                 }
             }
+            check(&record.char_lstm, record.vocabulary().as_ref())?;
             Ok(record)
         }
         Err(oneiro_trainer::Error::NotFound(_)) if req.create_if_missing => {
             let config = convert::char_lstm_config(requested, &Default::default());
+            check(&config, None)?;
             let record = ModelRecord::new_char_lstm(&req.model, config);
             store.create(&record)?;
             Ok(record)
@@ -140,7 +239,11 @@ impl Oneiro for OneiroService {
                 max_generate_length: self.config.max_generate_length,
                 max_request_bytes: self.config.max_request_bytes as u64,
                 max_corpus_bytes: self.config.max_corpus_bytes as u64,
+                queue_depth: self.worker.queue_depth() as u32,
             }),
+            queued: self.worker.queued() as u32,
+            active_jobs: self.jobs.active_count() as u32,
+            auth_required: self.config.auth_token.is_some(),
         }))
     }
 
@@ -192,7 +295,7 @@ impl Oneiro for OneiroService {
     ) -> Result<Response<pb::DeleteModelResponse>, Status> {
         let name = req.into_inner().name;
         validate_name(&name).map_err(ServiceError::from)?;
-        if self.worker.is_training(&name) {
+        if self.jobs.active_for(&name).is_some() {
             return Err(ServiceError::Busy(name).into());
         }
         self.with_store(move |s| Ok(s.delete(&name)?)).await?;
@@ -205,27 +308,93 @@ impl Oneiro for OneiroService {
         &self,
         req: Request<pb::TrainRequest>,
     ) -> Result<Response<Self::TrainStream>, Status> {
+        self.admit()?;
         let req = req.into_inner();
         validate_name(&req.model).map_err(ServiceError::from)?;
         let options = convert::train_options(req.options.as_ref());
         options.validate().map_err(ServiceError::from)?;
-        if self.worker.is_training(&req.model) {
+        if self.jobs.active_for(&req.model).is_some() {
             return Err(ServiceError::Busy(req.model).into());
         }
         let corpus = self.read_corpus(&req)?;
         let req = Arc::new(req);
-        let r = req.clone();
-        self.with_store(move |s| ensure_model(s, &r)).await?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let span = info_span!("train", model = %req.model);
-        self.worker.submit(Job::Train {
-            model: req.model.clone(),
-            corpus,
-            options,
-            events: tx,
-            span,
-        })?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let (r, corpus) = (req.clone(), Arc::new(corpus));
+        let c = corpus.clone();
+        let split = options.validation_split;
+        let record = self
+            .with_store(move |s| ensure_model(s, &r, &c, split))
+            .await?;
+        let jobs = self.jobs.clone();
+        let (model, stop) = (req.model.clone(), req.stop_on_disconnect);
+        let target = record.epochs_trained + options.epochs;
+        let job = tokio::task::spawn_blocking(move || {
+            jobs.create(&model, options, target, stop, &corpus)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("job creation failed: {e}")))??;
+        if let Err(e) = self.submit_training(&job) {
+            self.jobs.discard(&job);
+            return Err(e.into());
+        }
+        Ok(Response::new(watch(job, req.stop_on_disconnect)))
+    }
+
+    type WatchJobStream = EventStream<pb::TrainEvent>;
+
+    async fn watch_job(
+        &self,
+        req: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let job = self.jobs.get(&req.into_inner().job_id)?;
+        Ok(Response::new(watch(job, false)))
+    }
+
+    async fn cancel_job(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::JobInfo>, Status> {
+        let job = self.jobs.get(&req.into_inner().job_id)?;
+        if !job.request_stop(JobState::Cancelled, "cancelled by request") {
+            return Err(Status::failed_precondition(format!(
+                "job {} is not queued or running",
+                job.id
+            )));
+        }
+        Ok(Response::new(job.info()))
+    }
+
+    async fn list_jobs(
+        &self,
+        _: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: self.jobs.list(),
+        }))
+    }
+
+    type ResumeJobStream = EventStream<pb::TrainEvent>;
+
+    async fn resume_job(
+        &self,
+        req: Request<pb::ResumeJobRequest>,
+    ) -> Result<Response<Self::ResumeJobStream>, Status> {
+        self.admit()?;
+        let job = self.jobs.get(&req.into_inner().job_id)?;
+        if self.jobs.active_for(&job.model).is_some() {
+            return Err(ServiceError::Busy(job.model.clone()).into());
+        }
+        let model = job.model.clone();
+        let record = self.with_store(move |s| Ok(s.load(&model)?)).await?;
+        self.jobs.rearm(&job, record.epochs_trained)?;
+        if let Err(e) = self.submit_training(&job) {
+            job.finish(
+                JobState::Interrupted,
+                e.to_string(),
+                tonic::Code::ResourceExhausted,
+            );
+            return Err(e.into());
+        }
+        Ok(Response::new(watch(job, false)))
     }
 
     type GenerateStream = EventStream<pb::GenerateChunk>;
@@ -234,6 +403,7 @@ impl Oneiro for OneiroService {
         &self,
         req: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
+        self.admit()?;
         let req = req.into_inner();
         validate_name(&req.model).map_err(ServiceError::from)?;
         let temperature = req.temperature.unwrap_or(1.0);

@@ -1,10 +1,11 @@
 //! One OS thread per device owns that device's models and runs every training and
 //! generation on it. The async side talks to it with jobs that carry their payload and a
-//! bounded reply channel; the worker notices a closed channel (client gone) at the next
-//! step and drops the work.
+//! bounded reply channel; the worker notices a closed channel (client gone) or a stop
+//! request at the next step and drops the work.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
@@ -22,15 +23,14 @@ use tracing::{Span, info, warn};
 use crate::convert;
 use crate::device::DeviceSpec;
 use crate::error::ServiceError;
+use crate::jobs::{Job as TrainJob, JobState};
 
 pub type Reply<T> = mpsc::Sender<Result<T, Status>>;
 
 pub enum Job {
     Train {
-        model: String,
-        corpus: String,
+        job: Arc<TrainJob>,
         options: TextTrainOptions,
-        events: Reply<pb::TrainEvent>,
         span: Span,
     },
     Generate {
@@ -50,8 +50,8 @@ pub struct WorkerHandle {
     jobs: mpsc::Sender<Job>,
     depth: usize,
     pub device: String,
-    /// Models being trained right now (deleting one is refused).
-    pub training: Arc<Mutex<HashSet<String>>>,
+    /// Set at shutdown: generations stop at their next character.
+    pub stopping: Arc<AtomicBool>,
 }
 
 impl WorkerHandle {
@@ -66,11 +66,13 @@ impl WorkerHandle {
         })
     }
 
-    pub fn is_training(&self, model: &str) -> bool {
-        self.training
-            .lock()
-            .expect("training set poisoned")
-            .contains(model)
+    /// Jobs waiting in the queue right now.
+    pub fn queued(&self) -> usize {
+        self.depth - self.jobs.capacity()
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.depth
     }
 }
 
@@ -80,10 +82,11 @@ pub fn spawn(
     store: Arc<ModelStore>,
     queue_depth: usize,
 ) -> Result<(WorkerHandle, std::thread::JoinHandle<()>), String> {
-    let (tx, rx) = mpsc::channel(queue_depth.max(1));
+    let depth = queue_depth.max(1);
+    let (tx, rx) = mpsc::channel(depth);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let training = Arc::new(Mutex::new(HashSet::new()));
-    let training_w = training.clone();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let stopping_w = stopping.clone();
     let thread = std::thread::Builder::new()
         .name(format!("oneiro-worker-{spec}"))
         .spawn(move || match spec.open() {
@@ -92,7 +95,7 @@ pub fn spawn(
                 Worker {
                     device,
                     store,
-                    training: training_w,
+                    stopping: stopping_w,
                     cache: HashMap::new(),
                 }
                 .run(rx);
@@ -108,9 +111,9 @@ pub fn spawn(
     Ok((
         WorkerHandle {
             jobs: tx,
-            depth: queue_depth,
+            depth,
             device,
-            training,
+            stopping,
         },
         thread,
     ))
@@ -119,37 +122,28 @@ pub fn spawn(
 struct Worker {
     device: Device,
     store: Arc<ModelStore>,
-    training: Arc<Mutex<HashSet<String>>>,
+    stopping: Arc<AtomicBool>,
     /// Loaded models, kept resident between requests; keyed by name, valid for one
     /// (uid, revision) of the model.
     cache: HashMap<String, ((u64, u64), Arc<CharGenerator>)>,
 }
 
-/// Forwards trainer events to a gRPC stream. Batch progress is best effort (dropped
-/// when the client is behind); everything else is delivered or the run stops.
-struct StreamSink {
-    tx: Reply<pb::TrainEvent>,
+/// Publishes trainer events to the job (its watchers and its replay buffer), and stops
+/// the run when the job is cancelled or the daemon shuts down.
+struct JobSink<'a> {
+    job: &'a TrainJob,
 }
 
-impl EventSink for StreamSink {
+impl EventSink for JobSink<'_> {
     fn send(&mut self, event: TrainEvent) -> Result<(), Stop> {
-        let gone = || Stop("the client disconnected".into());
-        let is_batch = matches!(event, TrainEvent::Batch { .. });
-        let msg = Ok(convert::train_event(event));
-        if is_batch {
-            match self.tx.try_send(msg) {
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(gone()),
-                _ => Ok(()),
-            }
-        } else {
-            self.tx.blocking_send(msg).map_err(|_| gone())
+        if let Some(e) = convert::train_event(event).event {
+            self.job.publish(e);
         }
+        Ok(())
     }
 
     fn should_stop(&mut self) -> Option<Stop> {
-        self.tx
-            .is_closed()
-            .then(|| Stop("the client disconnected".into()))
+        self.job.stop_requested().map(|(_, why)| Stop(why))
     }
 }
 
@@ -158,38 +152,9 @@ impl Worker {
         info!(device = %device_name(&self.device), "worker started");
         while let Some(job) = rx.blocking_recv() {
             match job {
-                Job::Train {
-                    model,
-                    corpus,
-                    options,
-                    events,
-                    span,
-                } => {
+                Job::Train { job, options, span } => {
                     let _g = span.enter();
-                    self.training
-                        .lock()
-                        .expect("training set poisoned")
-                        .insert(model.clone());
-                    let result = train_char_lstm(
-                        &self.store,
-                        &model,
-                        &corpus,
-                        &options,
-                        &self.device,
-                        &mut StreamSink { tx: events.clone() },
-                    );
-                    self.training
-                        .lock()
-                        .expect("training set poisoned")
-                        .remove(&model);
-                    self.cache.remove(&model);
-                    match result {
-                        Ok(r) => info!(model, epochs = r.epochs_trained, "training finished"),
-                        Err(e) => {
-                            warn!(model, error = %e, "training stopped");
-                            let _ = events.blocking_send(Err(ServiceError::from(e).into()));
-                        }
-                    }
+                    self.train(&job, &options);
                 }
                 Job::Generate {
                     model,
@@ -213,6 +178,50 @@ impl Worker {
             }
         }
         info!("worker stopped");
+    }
+
+    fn train(&mut self, job: &TrainJob, options: &TextTrainOptions) {
+        if let Some((state, why)) = job.stop_requested() {
+            job.finish(state, why, tonic::Code::Cancelled);
+            return;
+        }
+        let corpus = match std::fs::read_to_string(job.corpus_path()) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("cannot read the job's saved corpus: {e}");
+                job.finish(JobState::Failed, msg, tonic::Code::DataLoss);
+                return;
+            }
+        };
+        let result = train_char_lstm(
+            &self.store,
+            &job.model,
+            &corpus,
+            options,
+            &self.device,
+            &mut JobSink { job },
+        );
+        self.cache.remove(&job.model);
+        match result {
+            Ok(r) => {
+                info!(job = %job.id, model = %job.model, epochs = r.epochs_trained, "training finished");
+                job.finish(JobState::Finished, String::new(), tonic::Code::Ok);
+            }
+            Err(oneiro_trainer::Error::Cancelled(why)) => {
+                let state = job.stop_requested().map_or(JobState::Cancelled, |(s, _)| s);
+                info!(job = %job.id, model = %job.model, reason = %why, "training stopped");
+                job.finish(state, why, tonic::Code::Cancelled);
+            }
+            Err(e) => {
+                warn!(job = %job.id, model = %job.model, error = %e, "training failed");
+                let status = Status::from(ServiceError::from(e));
+                job.finish(
+                    JobState::Failed,
+                    status.message().to_string(),
+                    status.code(),
+                );
+            }
+        }
     }
 
     fn generator(
@@ -247,6 +256,7 @@ impl Worker {
         chunks: &Reply<pb::GenerateChunk>,
     ) -> Result<(), ServiceError> {
         let (generator, saved_seed) = self.generator(name)?;
+        let stopping = self.stopping.clone();
         let seed_text = if seed_text.is_empty() {
             saved_seed.unwrap_or_default()
         } else {
@@ -280,7 +290,7 @@ impl Worker {
                 last_flush = Instant::now();
                 return flush(&mut pending, &mut first);
             }
-            !chunks.is_closed()
+            !chunks.is_closed() && !stopping.load(Ordering::Relaxed)
         })?;
         if !pending.is_empty() || first.is_some() {
             flush(&mut pending, &mut first);

@@ -8,6 +8,8 @@ pub enum TrainEvent {
         device: String,
         first_epoch: u32,
         epochs: u32,
+        /// Steps of `first_epoch` already done before this run (a resumed epoch).
+        first_step: u32,
         steps_per_epoch: u32,
         train_sequences: u64,
         validation_sequences: u64,
@@ -34,6 +36,8 @@ pub enum TrainEvent {
     },
     Checkpoint {
         epoch: u32,
+        /// Steps of `epoch` done at this checkpoint (all of them at an epoch end).
+        step: u32,
         checkpoint: String,
     },
     Finished {

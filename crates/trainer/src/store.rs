@@ -40,6 +40,18 @@ pub struct OptimizerRecord {
     pub iterations: u64,
 }
 
+/// Where a checkpoint taken inside an epoch stopped, to resume that epoch exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochProgress {
+    /// The epoch in progress (1-based).
+    pub epoch: u32,
+    /// Batches of it already done.
+    pub step: u32,
+    /// Running sum of batch loss × batch size, and sequences seen, for the epoch mean.
+    pub loss_sum: f64,
+    pub seen: u64,
+}
+
 /// A model's description, `model.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelRecord {
@@ -52,6 +64,9 @@ pub struct ModelRecord {
     /// The sorted vocabulary, once trained.
     pub vocab: Option<Vec<char>>,
     pub epochs_trained: u32,
+    /// Set when the checkpoint was taken inside epoch `epochs_trained + 1`.
+    #[serde(default)]
+    pub progress: Option<EpochProgress>,
     pub loss_history: Vec<f32>,
     pub val_loss_history: Vec<f32>,
     pub optimizer: Option<OptimizerRecord>,
@@ -77,6 +92,7 @@ impl ModelRecord {
             char_lstm: config,
             vocab: None,
             epochs_trained: 0,
+            progress: None,
             loss_history: vec![],
             val_loss_history: vec![],
             optimizer: None,

@@ -12,12 +12,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::events::{EventSink, TrainEvent};
-use crate::store::{ModelRecord, ModelStore, OptimizerRecord};
+use crate::store::{EpochProgress, ModelRecord, ModelStore, OptimizerRecord};
 use crate::text_data::CharCorpus;
 use crate::text_generate::{CharGenerator, validate_temperature};
 use crate::{Error, Result};
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TextTrainOptions {
     pub epochs: u32,
     pub batch_size: usize,
@@ -28,6 +28,10 @@ pub struct TextTrainOptions {
     pub seed: Option<u64>,
     pub sample_temperatures: Vec<f32>,
     pub sample_length: usize,
+    /// Also checkpoint every this many steps inside an epoch (0: at epoch ends only).
+    pub checkpoint_every_steps: u32,
+    /// Stop when the loss exceeds this factor of the best epoch loss so far (0: never).
+    pub divergence_factor: f32,
 }
 
 impl Default for TextTrainOptions {
@@ -40,6 +44,8 @@ impl Default for TextTrainOptions {
             seed: None,
             sample_temperatures: vec![0.2, 0.5, 1.0, 1.2],
             sample_length: 400,
+            checkpoint_every_steps: 0,
+            divergence_factor: 4.0,
         }
     }
 }
@@ -67,6 +73,12 @@ impl TextTrainOptions {
         }
         for &t in &self.sample_temperatures {
             validate_temperature(t)?;
+        }
+        if !(self.divergence_factor.is_finite() && self.divergence_factor >= 0.0) {
+            return Err(Error::invalid(format!(
+                "divergence factor must be a finite number >= 0 (0 = off), got {}",
+                self.divergence_factor
+            )));
         }
         Ok(())
     }
@@ -175,12 +187,20 @@ pub fn train_char_lstm(
     }
 
     let steps_per_epoch = train_ws.len().div_ceil(opts.batch_size) as u32;
+    // A checkpoint taken inside an epoch resumes that epoch at the next step, with the
+    // same data order (derived from the seed and the epoch number).
+    let resume = record
+        .progress
+        .clone()
+        .filter(|p| p.epoch == record.epochs_trained + 1);
     let first_epoch = record.epochs_trained + 1;
+    let last_epoch = record.epochs_trained + opts.epochs;
     sink.send(TrainEvent::Started {
         model: name.to_string(),
         device: device_name(device),
         first_epoch,
         epochs: opts.epochs,
+        first_step: resume.as_ref().map_or(0, |p| p.step),
         steps_per_epoch,
         train_sequences: train_ws.len() as u64,
         validation_sequences: val_ws.len() as u64,
@@ -188,17 +208,61 @@ pub fn train_char_lstm(
     })
     .map_err(|s| Error::Cancelled(s.0))?;
 
+    let save = |record: &mut ModelRecord, model: &CharLstm, opt: &RmsProp| -> Result<String> {
+        record.optimizer = Some(OptimizerRecord {
+            learning_rate,
+            rho: opt.config.rho,
+            epsilon: opt.config.epsilon,
+            iterations: opt.iterations,
+        });
+        let weights = model.tensors();
+        let opt_tensors: Vec<(String, Tensor)> = weights
+            .iter()
+            .zip(&opt.velocity)
+            .map(|((k, _), v)| (format!("velocity.{k}"), v.clone()))
+            .collect();
+        store.save_checkpoint(record, &weights, &opt_tensors)
+    };
+    let best_loss = |record: &ModelRecord| record.loss_history.iter().copied().reduce(f32::min);
+    let diverged = |epoch: u32, what: String, record: &ModelRecord| {
+        Error::Diverged(format!(
+            "training diverged at epoch {epoch}: {what}; stopped, and the model stays at its last good checkpoint ({})",
+            record.checkpoint.as_deref().unwrap_or("none yet")
+        ))
+    };
+
     let (mut ids, mut targets) = (Vec::new(), Vec::new());
     let mut order = train_ws.clone();
     let mut last_loss = f32::NAN;
-    for epoch in first_epoch..first_epoch + opts.epochs {
+    for epoch in first_epoch..=last_epoch {
         let epoch_start = Instant::now();
         order.copy_from_slice(&train_ws);
         order.shuffle(&mut rng_for(seed, epoch, 2));
-        let mut loss_sum = 0f64;
-        let mut seen = 0usize;
-        for (step, ws) in order.chunks(opts.batch_size).enumerate() {
+        let partial = resume.as_ref().filter(|p| p.epoch == epoch);
+        let skip = partial.map_or(0, |p| p.step as usize);
+        let mut loss_sum = partial.map_or(0.0, |p| p.loss_sum);
+        let mut seen = partial.map_or(0, |p| p.seen as usize);
+        let mut seen_here = 0usize;
+        let mut ema: Option<f32> = None;
+        let mut saved_at = skip;
+        let best = best_loss(&record);
+        for (step, ws) in order.chunks(opts.batch_size).enumerate().skip(skip) {
             if let Some(stop) = sink.should_stop() {
+                // Keep every step done so far: the run resumes here.
+                if step > saved_at {
+                    record.progress = Some(EpochProgress {
+                        epoch,
+                        step: step as u32,
+                        loss_sum,
+                        seen: seen as u64,
+                    });
+                    let checkpoint = save(&mut record, &model, &opt)?;
+                    let _ = sink.send(TrainEvent::Checkpoint {
+                        epoch,
+                        step: step as u32,
+                        checkpoint,
+                    });
+                }
                 return Err(Error::Cancelled(stop.0));
             }
             corpus.fill_batch(ws, &mut ids, &mut targets);
@@ -207,16 +271,36 @@ pub fn train_char_lstm(
             let loss = candle_nn::loss::cross_entropy(&model.forward(&x, true)?, &y)?;
             let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
             if !value.is_finite() {
-                return Err(Error::Diverged(format!(
-                    "loss became {value} at epoch {epoch}, step {}; training stopped and the last checkpoint (epoch {}) is kept",
-                    step + 1,
-                    record.epochs_trained
-                )));
+                return Err(diverged(
+                    epoch,
+                    format!("the loss became {value} at step {}", step + 1),
+                    &record,
+                ));
+            }
+            // A smoothed batch loss far above the best epoch so far is an explosion in
+            // progress: stop before it reaches a checkpoint.
+            let smooth = ema.map_or(value, |e| 0.9 * e + 0.1 * value);
+            ema = Some(smooth);
+            if let Some(best) = best
+                && opts.divergence_factor > 0.0
+                && seen_here >= 10 * opts.batch_size
+                && smooth > opts.divergence_factor * best
+            {
+                return Err(diverged(
+                    epoch,
+                    format!(
+                        "the smoothed batch loss {smooth:.4} at step {} is over {}× the best epoch loss {best:.4}",
+                        step + 1,
+                        opts.divergence_factor
+                    ),
+                    &record,
+                ));
             }
             opt.step(&loss.backward()?)?;
             loss_sum += value as f64 * ws.len() as f64;
             seen += ws.len();
-            let rate = seen as f32 / epoch_start.elapsed().as_secs_f32().max(1e-6);
+            seen_here += ws.len();
+            let rate = seen_here as f32 / epoch_start.elapsed().as_secs_f32().max(1e-6);
             sink.send(TrainEvent::Batch {
                 epoch,
                 step: step as u32 + 1,
@@ -225,8 +309,41 @@ pub fn train_char_lstm(
                 sequences_per_second: rate,
             })
             .map_err(|s| Error::Cancelled(s.0))?;
+            let done = step + 1;
+            if opts.checkpoint_every_steps > 0
+                && done % opts.checkpoint_every_steps as usize == 0
+                && done < steps_per_epoch as usize
+            {
+                record.progress = Some(EpochProgress {
+                    epoch,
+                    step: done as u32,
+                    loss_sum,
+                    seen: seen as u64,
+                });
+                let checkpoint = save(&mut record, &model, &opt)?;
+                saved_at = done;
+                sink.send(TrainEvent::Checkpoint {
+                    epoch,
+                    step: done as u32,
+                    checkpoint,
+                })
+                .map_err(|s| Error::Cancelled(s.0))?;
+            }
         }
         last_loss = (loss_sum / seen as f64) as f32;
+        if let Some(best) = best
+            && opts.divergence_factor > 0.0
+            && last_loss > opts.divergence_factor * best
+        {
+            return Err(diverged(
+                epoch,
+                format!(
+                    "the epoch loss {last_loss:.4} is over {}× the best epoch loss {best:.4}",
+                    opts.divergence_factor
+                ),
+                &record,
+            ));
+        }
         let val_loss = if val_ws.is_empty() {
             None
         } else {
@@ -242,25 +359,18 @@ pub fn train_char_lstm(
         .map_err(|s| Error::Cancelled(s.0))?;
 
         record.epochs_trained = epoch;
+        record.progress = None;
         record.loss_history.push(last_loss);
         if let Some(v) = val_loss {
             record.val_loss_history.push(v);
         }
-        record.optimizer = Some(OptimizerRecord {
-            learning_rate,
-            rho: opt.config.rho,
-            epsilon: opt.config.epsilon,
-            iterations: opt.iterations,
-        });
-        let opt_tensors: Vec<(String, Tensor)> = model
-            .tensors()
-            .iter()
-            .zip(&opt.velocity)
-            .map(|((k, _), v)| (format!("velocity.{k}"), v.clone()))
-            .collect();
-        let checkpoint = store.save_checkpoint(&mut record, &model.tensors(), &opt_tensors)?;
-        sink.send(TrainEvent::Checkpoint { epoch, checkpoint })
-            .map_err(|s| Error::Cancelled(s.0))?;
+        let checkpoint = save(&mut record, &model, &opt)?;
+        sink.send(TrainEvent::Checkpoint {
+            epoch,
+            step: steps_per_epoch,
+            checkpoint,
+        })
+        .map_err(|s| Error::Cancelled(s.0))?;
 
         if !opts.sample_temperatures.is_empty() && opts.sample_length > 0 {
             let generator = CharGenerator::new(

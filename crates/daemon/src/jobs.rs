@@ -1,0 +1,464 @@
+//! Training jobs: each training runs as a daemon-side job with an id, independent of the
+//! client that started it. A job keeps its recent events for re-attaching watchers and
+//! broadcasts new ones; its description and corpus are persisted under
+//! `<state>/jobs/<id>/` so that jobs survive a daemon restart (a job that was queued or
+//! running when the daemon stopped comes back as interrupted, and can be resumed).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use oneiro_proto::v1 as pb;
+use oneiro_trainer::store::write_atomic;
+use oneiro_trainer::text_train::TextTrainOptions;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tonic::{Code, Status};
+use tracing::warn;
+
+use crate::error::ServiceError;
+
+/// Events kept for replay (besides the run's `accepted` and `started` events).
+const HISTORY: usize = 256;
+/// Finished jobs kept on disk; older ones are forgotten.
+const KEEP_FINISHED: usize = 200;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Finished,
+    Failed,
+    Cancelled,
+    Interrupted,
+}
+
+impl JobState {
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Queued | Self::Running)
+    }
+
+    fn to_proto(self) -> pb::JobState {
+        match self {
+            Self::Queued => pb::JobState::Queued,
+            Self::Running => pb::JobState::Running,
+            Self::Finished => pb::JobState::Finished,
+            Self::Failed => pb::JobState::Failed,
+            Self::Cancelled => pb::JobState::Cancelled,
+            Self::Interrupted => pb::JobState::Interrupted,
+        }
+    }
+}
+
+/// What `job.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct JobFile {
+    id: String,
+    model: String,
+    options: TextTrainOptions,
+    target_epoch: u32,
+    stop_on_disconnect: bool,
+    created_unix: i64,
+    state: JobState,
+    epoch: u32,
+    step: u32,
+    steps_per_epoch: u32,
+    last_loss: Option<f32>,
+    sequences_per_second: f32,
+    message: String,
+    /// gRPC code of a failure, for watchers.
+    code: i32,
+    updated_unix: i64,
+}
+
+struct Inner {
+    file: JobFile,
+    /// `accepted` and `started` of the current run, always replayed.
+    head: Vec<pb::TrainEvent>,
+    recent: VecDeque<pb::TrainEvent>,
+    /// Live while the job is queued or running.
+    live: Option<broadcast::Sender<pb::TrainEvent>>,
+}
+
+pub struct Job {
+    pub id: String,
+    pub model: String,
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    /// Set by CancelJob or a shutdown: the state to end in, and why.
+    stop: Mutex<Option<(JobState, String)>>,
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// What a watcher gets: the events so far, then the live feed (if the job is active).
+pub struct Subscription {
+    pub replay: Vec<pb::TrainEvent>,
+    pub live: Option<broadcast::Receiver<pb::TrainEvent>>,
+}
+
+impl Job {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("job state poisoned")
+    }
+
+    fn persist(&self, file: &JobFile) {
+        let json = serde_json::to_vec_pretty(file).expect("job files serialize");
+        if let Err(e) = write_atomic(&self.dir.join("job.json"), &json) {
+            warn!(job = %self.id, error = %e, "cannot persist job state");
+        }
+    }
+
+    pub fn state(&self) -> JobState {
+        self.lock().file.state
+    }
+
+    pub fn options(&self) -> TextTrainOptions {
+        self.lock().file.options.clone()
+    }
+
+    pub fn stop_on_disconnect(&self) -> bool {
+        self.lock().file.stop_on_disconnect
+    }
+
+    pub fn corpus_path(&self) -> PathBuf {
+        self.dir.join("corpus.txt")
+    }
+
+    pub fn info(&self) -> pb::JobInfo {
+        let f = &self.lock().file;
+        pb::JobInfo {
+            job_id: f.id.clone(),
+            model: f.model.clone(),
+            state: f.state.to_proto() as i32,
+            target_epoch: f.target_epoch,
+            epoch: f.epoch,
+            step: f.step,
+            steps_per_epoch: f.steps_per_epoch,
+            last_loss: f.last_loss,
+            sequences_per_second: f.sequences_per_second,
+            message: f.message.clone(),
+            created_unix: f.created_unix,
+            updated_unix: f.updated_unix,
+        }
+    }
+
+    /// Records and broadcasts one event, updating the job's progress figures.
+    pub fn publish(&self, event: pb::train_event::Event) {
+        use pb::train_event::Event;
+        let mut g = self.lock();
+        let mut persist = false;
+        match &event {
+            Event::Accepted(_) => {}
+            Event::Started(s) => {
+                g.file.state = JobState::Running;
+                g.file.steps_per_epoch = s.steps_per_epoch;
+                g.file.epoch = s.first_epoch;
+                g.file.step = s.first_step;
+                persist = true;
+            }
+            Event::Batch(b) => {
+                g.file.epoch = b.epoch;
+                g.file.step = b.step;
+                g.file.last_loss = Some(b.loss);
+                g.file.sequences_per_second = b.sequences_per_second;
+            }
+            Event::EpochEnd(e) => g.file.last_loss = Some(e.loss),
+            Event::Checkpoint(_) | Event::Finished(_) | Event::Stopped(_) => persist = true,
+            Event::Sample(_) => {}
+        }
+        g.file.updated_unix = now_unix();
+        let msg = pb::TrainEvent {
+            job_id: self.id.clone(),
+            event: Some(event),
+        };
+        if matches!(msg.event, Some(Event::Accepted(_) | Event::Started(_))) {
+            g.head.push(msg.clone());
+        } else {
+            if g.recent.len() == HISTORY {
+                g.recent.pop_front();
+            }
+            g.recent.push_back(msg.clone());
+        }
+        if let Some(tx) = &g.live {
+            let _ = tx.send(msg);
+        }
+        if persist {
+            self.persist(&g.file);
+        }
+    }
+
+    /// Ends the job in `state`; closes the live feed (watchers finish).
+    pub fn finish(&self, state: JobState, message: String, code: Code) {
+        if state != JobState::Finished {
+            self.publish(pb::train_event::Event::Stopped(pb::JobStopped {
+                state: state.to_proto() as i32,
+                reason: message.clone(),
+            }));
+        }
+        let mut g = self.lock();
+        g.file.state = state;
+        g.file.message = message;
+        g.file.code = code as i32;
+        g.file.updated_unix = now_unix();
+        g.live = None;
+        self.persist(&g.file);
+    }
+
+    pub fn subscribe(&self) -> Subscription {
+        let g = self.lock();
+        let mut replay = g.head.clone();
+        replay.extend(g.recent.iter().cloned());
+        Subscription {
+            replay,
+            live: g.live.as_ref().map(|tx| tx.subscribe()),
+        }
+    }
+
+    /// The status a watcher's stream ends with once the feed closes.
+    pub fn final_status(&self) -> Option<Status> {
+        let g = self.lock();
+        (g.file.state == JobState::Failed)
+            .then(|| Status::new(Code::from(g.file.code), g.file.message.clone()))
+    }
+
+    /// Asks the job to stop at its next step, ending in `state` (cancelled or
+    /// interrupted). Returns false if it is not active.
+    pub fn request_stop(&self, state: JobState, reason: &str) -> bool {
+        if !self.state().is_active() {
+            return false;
+        }
+        *self.stop.lock().expect("job stop poisoned") = Some((state, reason.to_string()));
+        true
+    }
+
+    pub fn stop_requested(&self) -> Option<(JobState, String)> {
+        self.stop.lock().expect("job stop poisoned").clone()
+    }
+
+    /// Re-arms a stopped job for another run.
+    fn rearm(&self, options: TextTrainOptions) {
+        *self.stop.lock().expect("job stop poisoned") = None;
+        let mut g = self.lock();
+        g.file.state = JobState::Queued;
+        g.file.options = options;
+        g.file.message.clear();
+        g.file.code = 0;
+        g.head.clear();
+        g.recent.clear();
+        g.live = Some(broadcast::channel(HISTORY).0);
+        self.persist(&g.file);
+    }
+}
+
+pub struct JobManager {
+    dir: PathBuf,
+    jobs: Mutex<BTreeMap<String, Arc<Job>>>,
+}
+
+impl JobManager {
+    /// Loads the jobs of `<state>/jobs`; those that were active are now interrupted.
+    pub fn open(state_dir: &Path) -> std::io::Result<Self> {
+        let dir = state_dir.join("jobs");
+        std::fs::create_dir_all(&dir)?;
+        let mut jobs = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let file = match std::fs::read(path.join("job.json"))
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<JobFile>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "skipping unreadable job");
+                    continue;
+                }
+            };
+            let job = Job {
+                id: file.id.clone(),
+                model: file.model.clone(),
+                dir: path,
+                inner: Mutex::new(Inner {
+                    file,
+                    head: vec![],
+                    recent: VecDeque::new(),
+                    live: None,
+                }),
+                stop: Mutex::new(None),
+            };
+            {
+                let mut g = job.lock();
+                if g.file.state.is_active() {
+                    g.file.state = JobState::Interrupted;
+                    g.file.message =
+                        "the daemon stopped while this job was active; resume it".into();
+                    job.persist(&g.file);
+                }
+            }
+            jobs.insert(job.id.clone(), Arc::new(job));
+        }
+        Ok(Self {
+            dir,
+            jobs: Mutex::new(jobs),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Job>>> {
+        self.jobs.lock().expect("job table poisoned")
+    }
+
+    /// Registers a queued job and saves its corpus next to it.
+    pub fn create(
+        &self,
+        model: &str,
+        options: TextTrainOptions,
+        target_epoch: u32,
+        stop_on_disconnect: bool,
+        corpus: &str,
+    ) -> Result<Arc<Job>, ServiceError> {
+        let id = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let dir = self.dir.join(&id);
+        std::fs::create_dir_all(&dir).map_err(oneiro_trainer::Error::from)?;
+        write_atomic(&dir.join("corpus.txt"), corpus.as_bytes())?;
+        let now = now_unix();
+        let file = JobFile {
+            id: id.clone(),
+            model: model.to_string(),
+            options,
+            target_epoch,
+            stop_on_disconnect,
+            created_unix: now,
+            state: JobState::Queued,
+            epoch: 0,
+            step: 0,
+            steps_per_epoch: 0,
+            last_loss: None,
+            sequences_per_second: 0.0,
+            message: String::new(),
+            code: 0,
+            updated_unix: now,
+        };
+        let job = Arc::new(Job {
+            id: id.clone(),
+            model: model.to_string(),
+            dir,
+            inner: Mutex::new(Inner {
+                file,
+                head: vec![],
+                recent: VecDeque::new(),
+                live: Some(broadcast::channel(HISTORY).0),
+            }),
+            stop: Mutex::new(None),
+        });
+        job.persist(&job.lock().file);
+        job.publish(pb::train_event::Event::Accepted(pb::JobAccepted {
+            model: model.to_string(),
+        }));
+        self.lock().insert(id, job.clone());
+        self.prune();
+        Ok(job)
+    }
+
+    /// Forgets a job that never ran (its submission was refused).
+    pub fn discard(&self, job: &Job) {
+        self.lock().remove(&job.id);
+        let _ = std::fs::remove_dir_all(&job.dir);
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<Job>, ServiceError> {
+        self.lock()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| oneiro_trainer::Error::NotFound(format!("no job with id {id:?}")).into())
+    }
+
+    pub fn list(&self) -> Vec<pb::JobInfo> {
+        let mut v: Vec<pb::JobInfo> = self.lock().values().map(|j| j.info()).collect();
+        v.sort_by(|a, b| {
+            b.created_unix
+                .cmp(&a.created_unix)
+                .then(b.job_id.cmp(&a.job_id))
+        });
+        v
+    }
+
+    /// The active job training `model`, if any.
+    pub fn active_for(&self, model: &str) -> Option<Arc<Job>> {
+        self.lock()
+            .values()
+            .find(|j| j.model == model && j.state().is_active())
+            .cloned()
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|j| j.state().is_active())
+            .count()
+    }
+
+    /// Stops every active job at its next step, leaving it interrupted (resumable).
+    pub fn interrupt_all(&self, reason: &str) {
+        for job in self.lock().values() {
+            job.request_stop(JobState::Interrupted, reason);
+        }
+    }
+
+    /// Prepares a stopped job to run again for the epochs it has left.
+    pub fn rearm(&self, job: &Job, epochs_trained: u32) -> Result<(), ServiceError> {
+        let state = job.state();
+        if state.is_active() {
+            return Err(ServiceError::InvalidArgument(format!(
+                "job {} is still {:?}",
+                job.id, state
+            )));
+        }
+        if state == JobState::Finished {
+            return Err(oneiro_trainer::Error::FailedPrecondition(format!(
+                "job {} has finished",
+                job.id
+            ))
+            .into());
+        }
+        let target = job.lock().file.target_epoch;
+        if epochs_trained >= target {
+            return Err(oneiro_trainer::Error::FailedPrecondition(format!(
+                "model {:?} already has {epochs_trained} epochs; job {} aimed at {target}",
+                job.model, job.id
+            ))
+            .into());
+        }
+        let mut options = job.options();
+        options.epochs = target - epochs_trained;
+        job.rearm(options);
+        job.publish(pb::train_event::Event::Accepted(pb::JobAccepted {
+            model: job.model.clone(),
+        }));
+        Ok(())
+    }
+
+    fn prune(&self) {
+        let mut jobs = self.lock();
+        let mut done: Vec<(i64, String)> = jobs
+            .values()
+            .filter(|j| !j.state().is_active())
+            .map(|j| (j.lock().file.created_unix, j.id.clone()))
+            .collect();
+        if done.len() <= KEEP_FINISHED {
+            return;
+        }
+        done.sort();
+        for (_, id) in &done[..done.len() - KEEP_FINISHED] {
+            if let Some(j) = jobs.remove(id) {
+                let _ = std::fs::remove_dir_all(&j.dir);
+            }
+        }
+    }
+}
