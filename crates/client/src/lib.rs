@@ -124,6 +124,16 @@ impl Client {
         Ok(())
     }
 
+    /// Loads a trained model onto the daemon's device ahead of use.
+    pub async fn load_model(&mut self, name: &str) -> Result<pb::ResidencyResponse> {
+        Ok(self.inner.load_model(pb::LoadModelRequest { name: name.into() }).await?.into_inner())
+    }
+
+    /// Frees a model's device memory (it loads again on next use).
+    pub async fn unload_model(&mut self, name: &str) -> Result<pb::ResidencyResponse> {
+        Ok(self.inner.unload_model(pb::UnloadModelRequest { name: name.into() }).await?.into_inner())
+    }
+
     /// Starts a training and returns its event stream.
     pub async fn train(&mut self, req: pb::TrainRequest) -> Result<Streaming<pb::TrainEvent>> {
         Ok(self.inner.train(req).await?.into_inner())

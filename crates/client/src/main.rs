@@ -73,6 +73,10 @@ enum TextCommand {
     Describe { name: String },
     /// Delete a model and its checkpoints.
     Delete { name: String },
+    /// Load a model onto the daemon's device ahead of use (models stay resident anyway).
+    Load { name: String },
+    /// Free a model's device memory.
+    Unload { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -502,6 +506,16 @@ async fn text(client: &mut Client, cmd: TextCommand) -> Result<()> {
         TextCommand::Describe { name } => {
             let m = client.describe_model(&name).await?;
             println!("{m:#?}");
+            Ok(())
+        }
+        TextCommand::Load { name } => {
+            let r = client.load_model(&name).await?;
+            println!("{name} loaded; resident: {} ({} of {} bytes)", r.resident_models.join(", "), r.resident_bytes, r.memory_budget_bytes);
+            Ok(())
+        }
+        TextCommand::Unload { name } => {
+            let r = client.unload_model(&name).await?;
+            println!("{name} {}; resident: {}", if r.was_resident { "unloaded" } else { "was not loaded" }, r.resident_models.join(", "));
             Ok(())
         }
         TextCommand::Delete { name } => {

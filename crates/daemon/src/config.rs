@@ -23,6 +23,13 @@ pub struct DaemonConfig {
     pub auth_token: Option<Secret>,
     /// How long a shutdown waits for trainings to checkpoint and streams to end.
     pub shutdown_timeout: Duration,
+    /// Server streams (Train, Generate, WatchJob, ResumeJob) open at once.
+    pub max_streams: usize,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Bytes of model weights kept resident on the device; least recently used models
+    /// are unloaded past it.
+    pub memory_budget_bytes: usize,
 }
 
 /// A value that must never reach logs or `Debug` output.
@@ -56,6 +63,9 @@ impl DaemonConfig {
             queue_depth: 16,
             auth_token: None,
             shutdown_timeout: Duration::from_secs(30),
+            max_streams: 64,
+            metrics_listen: None,
+            memory_budget_bytes: 2 << 30,
         }
     }
 }

@@ -9,6 +9,8 @@ pub mod convert;
 pub mod device;
 pub mod error;
 pub mod jobs;
+pub mod metrics;
+pub mod residency;
 pub mod server;
 pub mod service;
 pub mod worker;

@@ -45,6 +45,18 @@ struct Args {
     /// File holding the bearer token every call must carry.
     #[arg(long, env = "ONEIRO_TOKEN_FILE", conflicts_with = "token")]
     token_file: Option<PathBuf>,
+    /// Server streams (training, watching, generation) open at once; more get
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 64)]
+    max_streams: usize,
+    /// Serve Prometheus metrics on this address (http://ADDR/metrics). Unauthenticated:
+    /// keep it on loopback or a private network.
+    #[arg(long, env = "ONEIRO_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// MiB of model weights kept resident on the device; the least recently used
+    /// models are unloaded past it.
+    #[arg(long, default_value_t = 2048)]
+    memory_budget_mib: usize,
     /// Seconds a shutdown (SIGTERM, Ctrl-C) waits for trainings to checkpoint and
     /// streams to end.
     #[arg(long, default_value_t = 30)]
@@ -73,6 +85,9 @@ async fn main() -> anyhow::Result<()> {
     config.max_corpus_bytes = args.max_corpus_mib << 20;
     config.queue_depth = args.queue_depth;
     config.shutdown_timeout = std::time::Duration::from_secs(args.shutdown_timeout_secs);
+    config.max_streams = args.max_streams;
+    config.metrics_listen = args.metrics_listen;
+    config.memory_budget_bytes = args.memory_budget_mib << 20;
     config.auth_token = match (args.token, args.token_file) {
         (Some(t), _) => Some(t),
         (None, Some(f)) => Some(

@@ -16,6 +16,8 @@ use tracing::{info, warn};
 
 use crate::config::{DaemonConfig, Secret};
 use crate::jobs::JobManager;
+use crate::metrics::{Gauges, Metrics};
+use tonic::codegen::http;
 use crate::service::OneiroService;
 use crate::worker;
 
@@ -80,7 +82,7 @@ async fn serve_inner(
         JobManager::open(&config.state_dir)
             .with_context(|| format!("cannot open the jobs of {}", config.state_dir.display()))?,
     );
-    let (handle, thread) = worker::spawn(config.device, store.clone(), config.queue_depth)
+    let (handle, thread) = worker::spawn(config.device, store.clone(), config.queue_depth, config.memory_budget_bytes as u64)
         .map_err(|e| anyhow::anyhow!(e))?;
     let device = handle.device.clone();
     let stopping = handle.stopping.clone();
@@ -97,7 +99,12 @@ async fn serve_inner(
         expected: config.auth_token.clone(),
     };
     let shutting_down = Arc::new(AtomicBool::new(false));
+    let metrics_listen = config.metrics_listen;
     let service = OneiroService::new(config, store, handle, jobs.clone(), shutting_down.clone());
+    let metrics = service.metrics.clone();
+    if let Some(addr) = metrics_listen {
+        serve_metrics(addr, metrics.clone(), service.gauge_source()).await?;
+    }
     let oneiro = OneiroServer::new(service)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -111,7 +118,29 @@ async fn serve_inner(
     let begun = Arc::new(tokio::sync::Notify::new());
     let begun_tx = begun.clone();
     let server = tonic::transport::Server::builder()
-        .layer(tonic::service::InterceptorLayer::new(auth))
+        .layer(
+            tower::ServiceBuilder::new()
+                .map_request({
+                    let m = metrics.clone();
+                    move |req: http::Request<tonic::body::Body>| {
+                        m.call(req.uri().path().rsplit('/').next().unwrap_or(""));
+                        req
+                    }
+                })
+                // Calls refused before any message (validation, admission, auth) carry
+                // their status in the response headers.
+                .map_response({
+                    let m = metrics.clone();
+                    move |resp: http::Response<tonic::service::interceptor::ResponseBody<tonic::body::Body>>| {
+                        let code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<i32>().ok());
+                        if let Some(code) = code.filter(|c| *c != 0) {
+                            m.error(tonic::Code::from(code));
+                        }
+                        resp
+                    }
+                })
+                .layer(tonic::service::InterceptorLayer::new(auth)),
+        )
         .add_service(health)
         .add_service(reflection)
         .add_service(oneiro)
@@ -138,6 +167,30 @@ async fn serve_inner(
     if tokio::time::timeout(deadline, joined).await.is_err() {
         warn!("the worker did not stop within the deadline");
     }
+    Ok(())
+}
+
+/// Serves `/metrics` (Prometheus text format) on `addr`.
+async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    gauges: impl Fn() -> Gauges + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let gauges = Arc::new(gauges);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let text = metrics.render(&gauges());
+            async move { ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+        }),
+    );
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
+    info!(addr = %listener.local_addr()?, "serving metrics");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "the metrics endpoint stopped");
+        }
+    });
     Ok(())
 }
 

@@ -20,6 +20,8 @@ use crate::config::DaemonConfig;
 use crate::convert;
 use crate::error::ServiceError;
 use crate::jobs::{Job as TrainJob, JobManager, JobState};
+use crate::metrics::{Gauges, Metrics};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::worker::{Job, WorkerHandle};
 
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -34,6 +36,26 @@ pub struct OneiroService {
     jobs: Arc<JobManager>,
     /// Set when shutdown begins: new work is refused.
     shutting_down: Arc<AtomicBool>,
+    /// One permit per open server stream.
+    streams: Arc<Semaphore>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A stream that holds its admission permit for as long as it is open.
+struct Permitted<S> {
+    inner: S,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<S: Stream + Unpin> Stream for Permitted<S> {
+    type Item = S::Item;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<S::Item>> {
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
+fn permitted<T: Send + 'static>(inner: EventStream<T>, permit: OwnedSemaphorePermit) -> EventStream<T> {
+    Box::pin(Permitted { inner, _permit: permit })
 }
 
 /// Streams a job's events to one client: the replay, then the live feed; ends with the
@@ -98,13 +120,42 @@ impl OneiroService {
         jobs: Arc<JobManager>,
         shutting_down: Arc<AtomicBool>,
     ) -> Self {
-        Self {
-            config,
-            store,
-            worker,
-            jobs,
-            shutting_down,
+        let streams = Arc::new(Semaphore::new(config.max_streams.max(1)));
+        let metrics = worker.metrics.clone();
+        Self { config, store, worker, jobs, shutting_down, streams, metrics }
+    }
+
+    /// A reader of the live figures, for the metrics endpoint.
+    pub fn gauge_source(&self) -> impl Fn() -> Gauges + Send + Sync + 'static {
+        let (worker, jobs, streams) = (self.worker.clone(), self.jobs.clone(), self.streams.clone());
+        let max = self.config.max_streams.max(1);
+        move || Gauges {
+            queued: worker.queued(),
+            queue_depth: worker.queue_depth(),
+            active_jobs: jobs.active_count(),
+            open_streams: max - streams.available_permits(),
         }
+    }
+
+    fn residency(&self) -> crate::residency::Snapshot {
+        self.worker.residency.lock().expect("residency snapshot poisoned").clone()
+    }
+
+    fn residency_response(&self, was_resident: bool) -> pb::ResidencyResponse {
+        let r = self.residency();
+        pb::ResidencyResponse {
+            was_resident,
+            resident_models: r.models,
+            resident_bytes: r.bytes,
+            memory_budget_bytes: r.budget,
+        }
+    }
+
+    /// Admits one more server stream, or refuses at once.
+    fn stream_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!("too many open streams ({}); retry later", self.config.max_streams))
+        })
     }
 
     fn admit(&self) -> Result<(), Status> {
@@ -231,6 +282,7 @@ impl Oneiro for OneiroService {
         &self,
         _: Request<pb::InfoRequest>,
     ) -> Result<Response<pb::InfoResponse>, Status> {
+        let resident = self.residency();
         Ok(Response::new(pb::InfoResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             device: self.worker.device.clone(),
@@ -244,6 +296,11 @@ impl Oneiro for OneiroService {
             queued: self.worker.queued() as u32,
             active_jobs: self.jobs.active_count() as u32,
             auth_required: self.config.auth_token.is_some(),
+            resident_models: resident.models,
+            resident_bytes: resident.bytes,
+            memory_budget_bytes: resident.budget,
+            open_streams: (self.config.max_streams.max(1) - self.streams.available_permits()) as u32,
+            max_streams: self.config.max_streams as u32,
         }))
     }
 
@@ -302,6 +359,25 @@ impl Oneiro for OneiroService {
         Ok(Response::new(pb::DeleteModelResponse {}))
     }
 
+    async fn load_model(&self, req: Request<pb::LoadModelRequest>) -> Result<Response<pb::ResidencyResponse>, Status> {
+        self.admit()?;
+        let model = req.into_inner().name;
+        validate_name(&model).map_err(ServiceError::from)?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.worker.submit(Job::Load { model, reply })?;
+        let was = rx.await.map_err(|_| ServiceError::WorkerGone)??;
+        Ok(Response::new(self.residency_response(was)))
+    }
+
+    async fn unload_model(&self, req: Request<pb::UnloadModelRequest>) -> Result<Response<pb::ResidencyResponse>, Status> {
+        let model = req.into_inner().name;
+        validate_name(&model).map_err(ServiceError::from)?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.worker.submit(Job::Unload { model, reply })?;
+        let was = rx.await.map_err(|_| ServiceError::WorkerGone)?;
+        Ok(Response::new(self.residency_response(was)))
+    }
+
     type TrainStream = EventStream<pb::TrainEvent>;
 
     async fn train(
@@ -309,6 +385,7 @@ impl Oneiro for OneiroService {
         req: Request<pb::TrainRequest>,
     ) -> Result<Response<Self::TrainStream>, Status> {
         self.admit()?;
+        let permit = self.stream_permit()?;
         let req = req.into_inner();
         validate_name(&req.model).map_err(ServiceError::from)?;
         let options = convert::train_options(req.options.as_ref());
@@ -336,7 +413,7 @@ impl Oneiro for OneiroService {
             self.jobs.discard(&job);
             return Err(e.into());
         }
-        Ok(Response::new(watch(job, req.stop_on_disconnect)))
+        Ok(Response::new(permitted(watch(job, req.stop_on_disconnect), permit)))
     }
 
     type WatchJobStream = EventStream<pb::TrainEvent>;
@@ -345,8 +422,9 @@ impl Oneiro for OneiroService {
         &self,
         req: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let permit = self.stream_permit()?;
         let job = self.jobs.get(&req.into_inner().job_id)?;
-        Ok(Response::new(watch(job, false)))
+        Ok(Response::new(permitted(watch(job, false), permit)))
     }
 
     async fn cancel_job(
@@ -379,6 +457,7 @@ impl Oneiro for OneiroService {
         req: Request<pb::ResumeJobRequest>,
     ) -> Result<Response<Self::ResumeJobStream>, Status> {
         self.admit()?;
+        let permit = self.stream_permit()?;
         let job = self.jobs.get(&req.into_inner().job_id)?;
         if self.jobs.active_for(&job.model).is_some() {
             return Err(ServiceError::Busy(job.model.clone()).into());
@@ -394,7 +473,7 @@ impl Oneiro for OneiroService {
             );
             return Err(e.into());
         }
-        Ok(Response::new(watch(job, false)))
+        Ok(Response::new(permitted(watch(job, false), permit)))
     }
 
     type GenerateStream = EventStream<pb::GenerateChunk>;
@@ -404,6 +483,7 @@ impl Oneiro for OneiroService {
         req: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
         self.admit()?;
+        let permit = self.stream_permit()?;
         let req = req.into_inner();
         validate_name(&req.model).map_err(ServiceError::from)?;
         let temperature = req.temperature.unwrap_or(1.0);
@@ -427,6 +507,6 @@ impl Oneiro for OneiroService {
             chunks: tx,
             span,
         })?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(permitted(Box::pin(ReceiverStream::new(rx)), permit)))
     }
 }

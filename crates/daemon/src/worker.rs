@@ -3,7 +3,6 @@
 //! bounded reply channel; the worker notices a closed channel (client gone) or a stop
 //! request at the next step and drops the work.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -24,6 +23,8 @@ use crate::convert;
 use crate::device::DeviceSpec;
 use crate::error::ServiceError;
 use crate::jobs::{Job as TrainJob, JobState};
+use crate::metrics::Metrics;
+use crate::residency::{Residency, Snapshot};
 
 pub type Reply<T> = mpsc::Sender<Result<T, Status>>;
 
@@ -32,6 +33,16 @@ pub enum Job {
         job: Arc<TrainJob>,
         options: TextTrainOptions,
         span: Span,
+    },
+    /// Load a model ahead of use; replies whether it was resident already.
+    Load {
+        model: String,
+        reply: tokio::sync::oneshot::Sender<Result<bool, ServiceError>>,
+    },
+    /// Unload a model; replies whether it was resident.
+    Unload {
+        model: String,
+        reply: tokio::sync::oneshot::Sender<bool>,
     },
     Generate {
         model: String,
@@ -52,6 +63,8 @@ pub struct WorkerHandle {
     pub device: String,
     /// Set at shutdown: generations stop at their next character.
     pub stopping: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+    pub residency: Arc<std::sync::Mutex<Snapshot>>,
 }
 
 impl WorkerHandle {
@@ -81,12 +94,17 @@ pub fn spawn(
     spec: DeviceSpec,
     store: Arc<ModelStore>,
     queue_depth: usize,
+    memory_budget: u64,
 ) -> Result<(WorkerHandle, std::thread::JoinHandle<()>), String> {
+    let resident = Residency::new(memory_budget);
+    let residency = resident.snapshot_handle();
     let depth = queue_depth.max(1);
     let (tx, rx) = mpsc::channel(depth);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let stopping = Arc::new(AtomicBool::new(false));
     let stopping_w = stopping.clone();
+    let metrics = Arc::new(Metrics::default());
+    let metrics_w = metrics.clone();
     let thread = std::thread::Builder::new()
         .name(format!("oneiro-worker-{spec}"))
         .spawn(move || match spec.open() {
@@ -96,7 +114,8 @@ pub fn spawn(
                     device,
                     store,
                     stopping: stopping_w,
-                    cache: HashMap::new(),
+                    metrics: metrics_w,
+                    resident,
                 }
                 .run(rx);
             }
@@ -114,6 +133,8 @@ pub fn spawn(
             depth,
             device,
             stopping,
+            metrics,
+            residency,
         },
         thread,
     ))
@@ -123,19 +144,25 @@ struct Worker {
     device: Device,
     store: Arc<ModelStore>,
     stopping: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
     /// Loaded models, kept resident between requests; keyed by name, valid for one
     /// (uid, revision) of the model.
-    cache: HashMap<String, ((u64, u64), Arc<CharGenerator>)>,
+    resident: Residency<CharGenerator>,
 }
 
 /// Publishes trainer events to the job (its watchers and its replay buffer), and stops
 /// the run when the job is cancelled or the daemon shuts down.
 struct JobSink<'a> {
     job: &'a TrainJob,
+    metrics: &'a Metrics,
 }
 
 impl EventSink for JobSink<'_> {
     fn send(&mut self, event: TrainEvent) -> Result<(), Stop> {
+        if let TrainEvent::Batch { sequences_per_second, .. } = &event {
+            self.metrics.train_steps.fetch_add(1, Ordering::Relaxed);
+            self.metrics.sequences_per_second.store(sequences_per_second.to_bits() as u64, Ordering::Relaxed);
+        }
         if let Some(e) = convert::train_event(event).event {
             self.job.publish(e);
         }
@@ -155,6 +182,13 @@ impl Worker {
                 Job::Train { job, options, span } => {
                     let _g = span.enter();
                     self.train(&job, &options);
+                }
+                Job::Load { model, reply } => {
+                    let was = self.resident.contains(&model);
+                    let _ = reply.send(self.generator(&model).map(|_| was));
+                }
+                Job::Unload { model, reply } => {
+                    let _ = reply.send(self.resident.remove(&model));
                 }
                 Job::Generate {
                     model,
@@ -199,9 +233,9 @@ impl Worker {
             &corpus,
             options,
             &self.device,
-            &mut JobSink { job },
+            &mut JobSink { job, metrics: &self.metrics },
         );
-        self.cache.remove(&job.model);
+        self.resident.remove(&job.model);
         match result {
             Ok(r) => {
                 info!(job = %job.id, model = %job.model, epochs = r.epochs_trained, "training finished");
@@ -230,10 +264,8 @@ impl Worker {
     ) -> Result<(Arc<CharGenerator>, Option<String>), ServiceError> {
         let record = self.store.load(name)?;
         let key = (record.uid, record.revision);
-        if let Some((k, g)) = self.cache.get(name)
-            && *k == key
-        {
-            return Ok((g.clone(), record.seed_text));
+        if let Some(g) = self.resident.get(name, key) {
+            return Ok((g, record.seed_text));
         }
         let started = Instant::now();
         let g = Arc::new(CharGenerator::load(&self.store, &record, &self.device)?);
@@ -242,7 +274,13 @@ impl Worker {
             ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
-        self.cache.insert(name.to_string(), (key, g.clone()));
+        let evicted = self
+            .resident
+            .insert(name, key, g.clone(), g.resident_bytes())
+            .map_err(|e| ServiceError::Trainer(oneiro_trainer::Error::FailedPrecondition(e)))?;
+        for other in evicted {
+            info!(model = %other, "unloaded to stay within the memory budget");
+        }
         Ok((g, record.seed_text))
     }
 
@@ -284,7 +322,9 @@ impl Worker {
             };
             chunks.blocking_send(Ok(chunk)).is_ok()
         };
+        let metrics = self.metrics.clone();
         generator.generate(&seed_ids, temperature, length, &mut rng, &mut |c| {
+            metrics.generated_chars.fetch_add(1, Ordering::Relaxed);
             pending.push(c);
             if pending.len() >= 256 || last_flush.elapsed() >= FLUSH_EVERY {
                 last_flush = Instant::now();

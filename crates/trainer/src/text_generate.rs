@@ -45,6 +45,13 @@ impl CharGenerator {
         })
     }
 
+    /// Estimated memory the loaded model holds: its weights, plus the CPU runner's
+    /// rearranged copies (about twice the weights again) on the CPU.
+    pub fn resident_bytes(&self) -> u64 {
+        let weights = self.model.parameter_count() as u64 * 4;
+        if self.runner.is_some() { 3 * weights } else { weights }
+    }
+
     /// Loads the current checkpoint of `record` onto `device`.
     pub fn load(store: &ModelStore, record: &ModelRecord, device: &Device) -> Result<Self> {
         let vocab = record.vocabulary().ok_or_else(|| {
