@@ -102,9 +102,10 @@ async fn serve_inner(
     let metrics_listen = config.metrics_listen;
     let service = OneiroService::new(config, store, handle, jobs.clone(), shutting_down.clone());
     let metrics = service.metrics.clone();
-    if let Some(addr) = metrics_listen {
-        serve_metrics(addr, metrics.clone(), service.gauge_source()).await?;
-    }
+    let metrics_task = match metrics_listen {
+        Some(addr) => Some(serve_metrics(addr, metrics.clone(), service.gauge_source()).await?),
+        None => None,
+    };
     let oneiro = OneiroServer::new(service)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -161,6 +162,9 @@ async fn serve_inner(
             warn!(?deadline, "shutdown deadline passed; streams still open are dropped");
         }
     }
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     // The service (and with it the worker's job queue) is dropped by now: the worker
     // ends after its current job.
     let joined = tokio::task::spawn_blocking(move || thread.join());
@@ -175,7 +179,7 @@ async fn serve_metrics(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     gauges: impl Fn() -> Gauges + Send + Sync + 'static,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let gauges = Arc::new(gauges);
     let app = axum::Router::new().route(
         "/metrics",
@@ -186,12 +190,11 @@ async fn serve_metrics(
     );
     let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
     info!(addr = %listener.local_addr()?, "serving metrics");
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             warn!(error = %e, "the metrics endpoint stopped");
         }
-    });
-    Ok(())
+    }))
 }
 
 /// A daemon running on a tokio task, for the CLI's embedded mode and for tests.

@@ -127,11 +127,12 @@ impl OneiroService {
 
     /// A reader of the live figures, for the metrics endpoint.
     pub fn gauge_source(&self) -> impl Fn() -> Gauges + Send + Sync + 'static {
-        let (worker, jobs, streams) = (self.worker.clone(), self.jobs.clone(), self.streams.clone());
+        let (queued, depth) = (self.worker.queue_probe(), self.worker.queue_depth());
+        let (jobs, streams) = (self.jobs.clone(), self.streams.clone());
         let max = self.config.max_streams.max(1);
         move || Gauges {
-            queued: worker.queued(),
-            queue_depth: worker.queue_depth(),
+            queued: queued(),
+            queue_depth: depth,
             active_jobs: jobs.active_count(),
             open_streams: max - streams.available_permits(),
         }

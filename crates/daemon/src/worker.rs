@@ -84,6 +84,13 @@ impl WorkerHandle {
         self.depth - self.jobs.capacity()
     }
 
+    /// Reads the queue length without keeping the queue open (the worker stops when
+    /// the last handle goes).
+    pub fn queue_probe(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let (weak, depth) = (self.jobs.downgrade(), self.depth);
+        move || weak.upgrade().map_or(0, |s| depth - s.capacity())
+    }
+
     pub fn queue_depth(&self) -> usize {
         self.depth
     }
