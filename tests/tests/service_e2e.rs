@@ -236,3 +236,25 @@ async fn a_bounded_load_test_completes_or_rejects_every_request() {
     drop(client);
     daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_clients_that_trust_the_certificate() {
+    let state = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    std::fs::write(state.path().join("cert.pem"), &cert_pem).unwrap();
+    std::fs::write(state.path().join("key.pem"), &key_pem).unwrap();
+    let files = oneiro_daemon::config::TlsFiles { cert: state.path().join("cert.pem"), key: state.path().join("key.pem") };
+    let daemon = start(state.path(), |c| c.tls = Some(files)).await;
+    let https = format!("https://localhost:{}", daemon.addr.port());
+
+    let mut client = Client::connect_with(&https, Default::default(), Some(cert_pem.as_bytes())).await.unwrap();
+    assert_eq!(client.info().await.unwrap().device, "cpu");
+    // Plain text against the TLS port fails, and so does an untrusted certificate.
+    let mut plain = Client::connect(&format!("http://127.0.0.1:{}", daemon.addr.port())).await.unwrap();
+    assert!(plain.info().await.is_err());
+    let untrusted = Client::connect_with(&https, Default::default(), None).await;
+    assert!(untrusted.is_err() || untrusted.unwrap().info().await.is_err());
+    drop((client, plain));
+    daemon.shutdown().await.unwrap();
+}

@@ -5,7 +5,7 @@ use oneiro_proto::v1::oneiro_client::OneiroClient;
 use tonic::Streaming;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 pub use oneiro_proto::v1 as pb;
 
@@ -75,8 +75,21 @@ impl Client {
 
     /// Connects, sending `token` with every call.
     pub async fn connect_with_token(endpoint: &str, token: BearerToken) -> Result<Self> {
-        let ep = Endpoint::from_shared(endpoint.to_string())
+        Self::connect_with(endpoint, token, None).await
+    }
+
+    /// Connects with a token and, for `https://` endpoints, TLS that trusts `ca_pem`
+    /// (a PEM certificate, e.g. a self-signed daemon's) or else the public web roots.
+    pub async fn connect_with(endpoint: &str, token: BearerToken, ca_pem: Option<&[u8]>) -> Result<Self> {
+        let mut ep = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| ClientError::Endpoint(endpoint.into(), e.to_string()))?;
+        if endpoint.starts_with("https://") {
+            let tls = match ca_pem {
+                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                None => ClientTlsConfig::new().with_webpki_roots(),
+            };
+            ep = ep.tls_config(tls).map_err(|e| ClientError::Endpoint(endpoint.into(), source_chain(&e)))?;
+        }
         let channel = ep
             .connect()
             .await

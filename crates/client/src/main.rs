@@ -34,6 +34,10 @@ struct Cli {
     /// Bearer token for a daemon started with one.
     #[arg(long, global = true, env = "ONEIRO_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM certificate to trust for an https:// endpoint (e.g. a self-signed daemon's);
+    /// without it the public web roots are used.
+    #[arg(long, global = true, env = "ONEIRO_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     /// File holding the bearer token (instead of --token).
     #[arg(
         long,
@@ -274,7 +278,11 @@ async fn run(cli: Cli) -> Result<()> {
             (d.endpoint(), Some(d))
         }
     };
-    let mut client = Client::connect_with_token(&endpoint, token).await?;
+    let ca = match &cli.tls_ca {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
+        None => None,
+    };
+    let mut client = Client::connect_with(&endpoint, token, ca.as_deref()).await?;
     let work = async {
         match cli.command {
             Command::Text(t) => text(&mut client, t).await,

@@ -30,6 +30,14 @@ pub struct DaemonConfig {
     /// Bytes of model weights kept resident on the device; least recently used models
     /// are unloaded past it.
     pub memory_budget_bytes: usize,
+    /// Serve TLS (rustls) with this certificate chain and private key (PEM files).
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A value that must never reach logs or `Debug` output.
@@ -66,6 +74,7 @@ impl DaemonConfig {
             max_streams: 64,
             metrics_listen: None,
             memory_budget_bytes: 2 << 30,
+            tls: None,
         }
     }
 }

@@ -57,6 +57,12 @@ struct Args {
     /// models are unloaded past it.
     #[arg(long, default_value_t = 2048)]
     memory_budget_mib: usize,
+    /// Serve TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "ONEIRO_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ONEIRO_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Seconds a shutdown (SIGTERM, Ctrl-C) waits for trainings to checkpoint and
     /// streams to end.
     #[arg(long, default_value_t = 30)]
@@ -88,6 +94,9 @@ async fn main() -> anyhow::Result<()> {
     config.max_streams = args.max_streams;
     config.metrics_listen = args.metrics_listen;
     config.memory_budget_bytes = args.memory_budget_mib << 20;
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(oneiro_daemon::config::TlsFiles { cert, key });
+    }
     config.auth_token = match (args.token, args.token_file) {
         (Some(t), _) => Some(t),
         (None, Some(f)) => Some(

@@ -100,6 +100,7 @@ async fn serve_inner(
     };
     let shutting_down = Arc::new(AtomicBool::new(false));
     let metrics_listen = config.metrics_listen;
+    let tls = config.tls.clone();
     let service = OneiroService::new(config, store, handle, jobs.clone(), shutting_down.clone());
     let metrics = service.metrics.clone();
     let metrics_task = match metrics_listen {
@@ -110,7 +111,7 @@ async fn serve_inner(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     reporter.set_serving::<OneiroServer<OneiroService>>().await;
-    info!(addr = %listener.local_addr()?, %device, auth = auth.expected.is_some(), "serving");
+    info!(addr = %listener.local_addr()?, %device, auth = auth.expected.is_some(), tls = tls.is_some(), "serving");
     on_ready();
 
     // Shutdown: NOT_SERVING, refuse new work, ask running trainings to checkpoint and
@@ -118,7 +119,15 @@ async fn serve_inner(
     // open streams, which end as their jobs do, up to the deadline.
     let begun = Arc::new(tokio::sync::Notify::new());
     let begun_tx = begun.clone();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .context("invalid TLS certificate or key")?;
+    }
+    let server = builder
         .layer(
             tower::ServiceBuilder::new()
                 .map_request({
