@@ -330,7 +330,7 @@ impl Worker {
             chunks.blocking_send(Ok(chunk)).is_ok()
         };
         let metrics = self.metrics.clone();
-        generator.generate(&seed_ids, temperature, length, &mut rng, &mut |c| {
+        let drawn = generator.generate(&seed_ids, temperature, length, &mut rng, &mut |c| {
             metrics.generated_chars.fetch_add(1, Ordering::Relaxed);
             pending.push(c);
             if pending.len() >= 256 || last_flush.elapsed() >= FLUSH_EVERY {
@@ -341,6 +341,10 @@ impl Worker {
         })?;
         if !pending.is_empty() || first.is_some() {
             flush(&mut pending, &mut first);
+        }
+        if drawn < length && self.stopping.load(Ordering::Relaxed) {
+            let msg = format!("the daemon is shutting down; generation stopped after {drawn} of {length} characters");
+            let _ = chunks.blocking_send(Err(Status::unavailable(msg)));
         }
         Ok(())
     }
