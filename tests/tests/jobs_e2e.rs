@@ -15,7 +15,9 @@ async fn start(state: &std::path::Path, tweak: impl FnOnce(&mut DaemonConfig)) -
     let mut config = DaemonConfig::new(state.to_path_buf());
     config.device = DeviceSpec::Cpu;
     tweak(&mut config);
-    oneiro_daemon::spawn(config, ([127, 0, 0, 1], 0).into()).await.expect("daemon starts")
+    oneiro_daemon::spawn(config, ([127, 0, 0, 1], 0).into())
+        .await
+        .expect("daemon starts")
 }
 
 fn code(e: ClientError) -> Code {
@@ -31,12 +33,14 @@ fn slow_training(model: &str, epochs: u32) -> pb::TrainRequest {
         model: model.into(),
         create_if_missing: true,
         stop_on_disconnect: false,
-        create_config: Some(pb::train_request::CreateConfig::CharLstm(pb::CharLstmConfig {
-            maxlen: 30,
-            step: 1,
-            hidden: 64,
-            lowercase: None,
-        })),
+        create_config: Some(pb::train_request::CreateConfig::CharLstm(
+            pb::CharLstmConfig {
+                maxlen: 30,
+                step: 1,
+                hidden: 64,
+                lowercase: None,
+            },
+        )),
         options: Some(pb::TrainOptions {
             epochs,
             batch_size: 8,
@@ -72,10 +76,10 @@ async fn a_job_outlives_its_client_and_can_be_watched_cancelled_and_resumed() {
     let job_id = first.job_id.clone();
     assert!(!job_id.is_empty());
     loop {
-        if let Some(Event::Batch(b)) = next_event(&mut stream).await.event {
-            if b.step >= 2 {
-                break;
-            }
+        if let Some(Event::Batch(b)) = next_event(&mut stream).await.event
+            && b.step >= 2
+        {
+            break;
         }
     }
     drop(stream);
@@ -85,13 +89,25 @@ async fn a_job_outlives_its_client_and_can_be_watched_cancelled_and_resumed() {
     let job = jobs.iter().find(|j| j.job_id == job_id).expect("listed");
     assert_eq!(job.state(), pb::JobState::Running, "{job:?}");
     assert_eq!((job.model.as_str(), job.target_epoch), ("long", 3));
-    assert_eq!(code(client.delete_model("long").await.unwrap_err()), Code::FailedPrecondition);
-    assert_eq!(code(client.train(slow_training("long", 1)).await.unwrap_err()), Code::FailedPrecondition);
+    assert_eq!(
+        code(client.delete_model("long").await.unwrap_err()),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(client.train(slow_training("long", 1)).await.unwrap_err()),
+        Code::FailedPrecondition
+    );
 
     // A watcher gets the replay (accepted, started, recent events) and live progress.
     let mut watch = client.watch_job(&job_id).await.unwrap();
-    assert!(matches!(next_event(&mut watch).await.event, Some(Event::Accepted(_))));
-    assert!(matches!(next_event(&mut watch).await.event, Some(Event::Started(_))));
+    assert!(matches!(
+        next_event(&mut watch).await.event,
+        Some(Event::Accepted(_))
+    ));
+    assert!(matches!(
+        next_event(&mut watch).await.event,
+        Some(Event::Started(_))
+    ));
 
     // Cancel: a checkpoint of the steps done, then a Stopped event; the stream ends.
     let info = client.cancel_job(&job_id).await.unwrap();
@@ -109,8 +125,14 @@ async fn a_job_outlives_its_client_and_can_be_watched_cancelled_and_resumed() {
     assert_eq!(stopped.state(), pb::JobState::Cancelled);
     let (ck_epoch, ck_step) = last_checkpoint.expect("a checkpoint before stopping");
     let jobs = client.list_jobs().await.unwrap();
-    assert_eq!(jobs.iter().find(|j| j.job_id == job_id).unwrap().state(), pb::JobState::Cancelled);
-    assert_eq!(code(client.cancel_job(&job_id).await.unwrap_err()), Code::FailedPrecondition);
+    assert_eq!(
+        jobs.iter().find(|j| j.job_id == job_id).unwrap().state(),
+        pb::JobState::Cancelled
+    );
+    assert_eq!(
+        code(client.cancel_job(&job_id).await.unwrap_err()),
+        Code::FailedPrecondition
+    );
 
     // Resume continues at the checkpoint, step numbering and all, and finishes the job.
     let mut resumed = client.resume_job(&job_id).await.unwrap();
@@ -127,9 +149,16 @@ async fn a_job_outlives_its_client_and_can_be_watched_cancelled_and_resumed() {
         }
     }
     let started = started.expect("Started");
-    let epochs_done_at_cancel = if ck_step == started.steps_per_epoch { ck_epoch } else { ck_epoch - 1 };
+    let epochs_done_at_cancel = if ck_step == started.steps_per_epoch {
+        ck_epoch
+    } else {
+        ck_epoch - 1
+    };
     if ck_step < started.steps_per_epoch {
-        assert_eq!((started.first_epoch, started.first_step), (ck_epoch, ck_step));
+        assert_eq!(
+            (started.first_epoch, started.first_step),
+            (ck_epoch, ck_step)
+        );
         let b = first_batch.expect("a batch");
         assert_eq!((b.epoch, b.step), (ck_epoch, ck_step + 1));
     }
@@ -138,9 +167,18 @@ async fn a_job_outlives_its_client_and_can_be_watched_cancelled_and_resumed() {
     let model = client.describe_model("long").await.unwrap();
     assert_eq!((model.epochs_trained, model.loss_history.len()), (3, 3));
     let jobs = client.list_jobs().await.unwrap();
-    assert_eq!(jobs.iter().find(|j| j.job_id == job_id).unwrap().state(), pb::JobState::Finished);
-    assert_eq!(code(client.resume_job(&job_id).await.unwrap_err()), Code::FailedPrecondition);
-    assert_eq!(code(client.watch_job("nope").await.unwrap_err()), Code::NotFound);
+    assert_eq!(
+        jobs.iter().find(|j| j.job_id == job_id).unwrap().state(),
+        pb::JobState::Finished
+    );
+    assert_eq!(
+        code(client.resume_job(&job_id).await.unwrap_err()),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(client.watch_job("nope").await.unwrap_err()),
+        Code::NotFound
+    );
     drop(client);
     daemon.shutdown().await.unwrap();
 }
@@ -155,12 +193,22 @@ async fn a_generation_whose_client_leaves_frees_the_worker() {
     let mut s = client.train(quick).await.unwrap();
     while s.message().await.unwrap().is_some() {}
 
-    let long = pb::GenerateRequest { model: "gen".into(), length: 100_000, temperature: Some(1.0), ..Default::default() };
+    let long = pb::GenerateRequest {
+        model: "gen".into(),
+        length: 100_000,
+        temperature: Some(1.0),
+        ..Default::default()
+    };
     let mut stream = client.generate(long).await.unwrap();
     assert!(stream.message().await.unwrap().is_some());
     drop(stream);
     // 100k characters take seconds; the worker must drop them within a step or two.
-    let short = pb::GenerateRequest { model: "gen".into(), length: 20, temperature: Some(0.0), ..Default::default() };
+    let short = pb::GenerateRequest {
+        model: "gen".into(),
+        length: 20,
+        temperature: Some(0.0),
+        ..Default::default()
+    };
     let text = tokio::time::timeout(Duration::from_secs(2), client.generate_text(short))
         .await
         .expect("the worker is free again")
@@ -173,25 +221,44 @@ async fn a_generation_whose_client_leaves_frees_the_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_every_call_must_carry_it() {
     let state = tempfile::tempdir().unwrap();
-    let daemon = start(state.path(), |c| c.auth_token = Some(Secret::new("s3cret-t0ken"))).await;
+    let daemon = start(state.path(), |c| {
+        c.auth_token = Some(Secret::new("s3cret-t0ken"))
+    })
+    .await;
     assert!(!format!("{:?}", Secret::new("s3cret-t0ken")).contains("s3cret"));
 
     let mut none = Client::connect(&daemon.endpoint()).await.unwrap();
     assert_eq!(code(none.info().await.unwrap_err()), Code::Unauthenticated);
-    assert_eq!(code(none.list_models().await.unwrap_err()), Code::Unauthenticated);
-    let mut wrong = Client::connect_with_token(&daemon.endpoint(), BearerToken::new("s3cret-t0keN").unwrap())
-        .await
-        .unwrap();
+    assert_eq!(
+        code(none.list_models().await.unwrap_err()),
+        Code::Unauthenticated
+    );
+    let mut wrong = Client::connect_with_token(
+        &daemon.endpoint(),
+        BearerToken::new("s3cret-t0keN").unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(code(wrong.info().await.unwrap_err()), Code::Unauthenticated);
-    let mut right = Client::connect_with_token(&daemon.endpoint(), BearerToken::new("s3cret-t0ken").unwrap())
-        .await
-        .unwrap();
+    let mut right = Client::connect_with_token(
+        &daemon.endpoint(),
+        BearerToken::new("s3cret-t0ken").unwrap(),
+    )
+    .await
+    .unwrap();
     assert!(right.info().await.unwrap().auth_required);
 
     // The health service is behind the token too.
-    let channel = tonic::transport::Endpoint::from_shared(daemon.endpoint()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(daemon.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let err = health.check(tonic_health::pb::HealthCheckRequest::default()).await.unwrap_err();
+    let err = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     drop((none, wrong, right));
     daemon.shutdown().await.unwrap();
@@ -213,11 +280,28 @@ async fn a_full_queue_answers_resource_exhausted_at_once() {
     let t0 = std::time::Instant::now();
     let err = client.train(slow_training("c", 1)).await.unwrap_err();
     assert_eq!(code(err), Code::ResourceExhausted);
-    let generate = pb::GenerateRequest { model: "a".into(), length: 5, ..Default::default() };
-    assert_eq!(code(client.generate(generate).await.unwrap_err()), Code::ResourceExhausted);
-    assert!(t0.elapsed() < Duration::from_secs(2), "rejections are immediate");
+    let generate = pb::GenerateRequest {
+        model: "a".into(),
+        length: 5,
+        ..Default::default()
+    };
+    assert_eq!(
+        code(client.generate(generate).await.unwrap_err()),
+        Code::ResourceExhausted
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "rejections are immediate"
+    );
     // A refused training leaves no job behind.
-    assert!(client.list_jobs().await.unwrap().iter().all(|j| j.model != "c"));
+    assert!(
+        client
+            .list_jobs()
+            .await
+            .unwrap()
+            .iter()
+            .all(|j| j.model != "c")
+    );
     for j in client.list_jobs().await.unwrap() {
         let _ = client.cancel_job(&j.job_id).await;
     }

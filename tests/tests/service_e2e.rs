@@ -15,7 +15,9 @@ async fn start(state: &std::path::Path, tweak: impl FnOnce(&mut DaemonConfig)) -
     let mut config = DaemonConfig::new(state.to_path_buf());
     config.device = DeviceSpec::Cpu;
     tweak(&mut config);
-    oneiro_daemon::spawn(config, ([127, 0, 0, 1], 0).into()).await.expect("daemon starts")
+    oneiro_daemon::spawn(config, ([127, 0, 0, 1], 0).into())
+        .await
+        .expect("daemon starts")
 }
 
 fn code(e: ClientError) -> Code {
@@ -30,13 +32,21 @@ async fn train_small(client: &mut Client, model: &str) {
         model: model.into(),
         create_if_missing: true,
         stop_on_disconnect: false,
-        create_config: Some(pb::train_request::CreateConfig::CharLstm(pb::CharLstmConfig {
-            maxlen: 16,
-            step: 2,
-            hidden: 32,
-            lowercase: None,
-        })),
-        options: Some(pb::TrainOptions { epochs: 1, batch_size: 32, seed: Some(1), no_samples: true, ..Default::default() }),
+        create_config: Some(pb::train_request::CreateConfig::CharLstm(
+            pb::CharLstmConfig {
+                maxlen: 16,
+                step: 2,
+                hidden: 32,
+                lowercase: None,
+            },
+        )),
+        options: Some(pb::TrainOptions {
+            epochs: 1,
+            batch_size: 32,
+            seed: Some(1),
+            no_samples: true,
+            ..Default::default()
+        }),
         data: Some(pb::train_request::Data::Text(pb::TextCorpus {
             source: Some(pb::text_corpus::Source::Text(SENTENCE.repeat(20))),
         })),
@@ -68,7 +78,12 @@ async fn models_load_unload_and_report_residency() {
     assert!(r.resident_bytes > 0 && r.resident_bytes <= r.memory_budget_bytes);
     assert!(client.load_model("a").await.unwrap().was_resident);
     // Generation loads on use too.
-    let g = pb::GenerateRequest { model: "b".into(), length: 5, temperature: Some(0.0), ..Default::default() };
+    let g = pb::GenerateRequest {
+        model: "b".into(),
+        length: 5,
+        temperature: Some(0.0),
+        ..Default::default()
+    };
     client.generate_text(g).await.unwrap();
     let info = client.info().await.unwrap();
     assert_eq!(info.resident_models, vec!["a".to_string(), "b".to_string()]);
@@ -76,8 +91,14 @@ async fn models_load_unload_and_report_residency() {
     assert!(r.was_resident);
     assert_eq!(r.resident_models, vec!["b".to_string()]);
     assert!(!client.unload_model("a").await.unwrap().was_resident);
-    assert_eq!(code(client.load_model("missing").await.unwrap_err()), Code::NotFound);
-    assert_eq!(code(client.load_model("../x").await.unwrap_err()), Code::InvalidArgument);
+    assert_eq!(
+        code(client.load_model("missing").await.unwrap_err()),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(client.load_model("../x").await.unwrap_err()),
+        Code::InvalidArgument
+    );
     drop(client);
     daemon.shutdown().await.unwrap();
 }
@@ -111,11 +132,23 @@ async fn open_streams_are_capped_and_metrics_are_served() {
     .await;
     let mut client = Client::connect(&daemon.endpoint()).await.unwrap();
     train_small(&mut client, "m").await;
-    let long = pb::GenerateRequest { model: "m".into(), length: 100_000, temperature: Some(1.0), ..Default::default() };
+    let long = pb::GenerateRequest {
+        model: "m".into(),
+        length: 100_000,
+        temperature: Some(1.0),
+        ..Default::default()
+    };
     let mut open = client.generate(long).await.unwrap();
     assert!(open.message().await.unwrap().is_some());
-    let short = pb::GenerateRequest { model: "m".into(), length: 5, ..Default::default() };
-    assert_eq!(code(client.generate(short.clone()).await.unwrap_err()), Code::ResourceExhausted);
+    let short = pb::GenerateRequest {
+        model: "m".into(),
+        length: 5,
+        ..Default::default()
+    };
+    assert_eq!(
+        code(client.generate(short.clone()).await.unwrap_err()),
+        Code::ResourceExhausted
+    );
     assert_eq!(client.info().await.unwrap().open_streams, 1);
     drop(open);
     // The permit goes with the stream.
@@ -133,16 +166,26 @@ async fn open_streams_are_capped_and_metrics_are_served() {
 
     let body = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(metrics_addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
         body
     })
     .await
     .unwrap();
-    assert!(body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"), "{body}");
-    assert!(body.contains("oneiro_calls_total{method=\"Generate\"}"), "{body}");
-    assert!(body.contains("oneiro_errors_total{code=\"resource_exhausted\"} "), "{body}");
+    assert!(
+        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+        "{body}"
+    );
+    assert!(
+        body.contains("oneiro_calls_total{method=\"Generate\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("oneiro_errors_total{code=\"resource_exhausted\"} "),
+        "{body}"
+    );
     assert!(body.contains("oneiro_train_steps_total"), "{body}");
     assert!(body.contains("oneiro_queue_jobs 0"), "{body}");
     drop(client);
@@ -184,12 +227,15 @@ async fn a_bounded_load_test_completes_or_rejects_every_request() {
                     ..Default::default()
                 };
                 let t0 = Instant::now();
-                let result = tokio::time::timeout(Duration::from_secs(60), client.generate_text(req)).await;
+                let result =
+                    tokio::time::timeout(Duration::from_secs(60), client.generate_text(req)).await;
                 let outcome = match result {
                     Err(_) => Err("hung".to_string()),
                     Ok(Ok(text)) if text.chars().count() == 400 => Ok(()),
                     Ok(Ok(text)) => Err(format!("short text: {} chars", text.chars().count())),
-                    Ok(Err(ClientError::Status(s))) if s.code() == Code::ResourceExhausted => Err("rejected".into()),
+                    Ok(Err(ClientError::Status(s))) if s.code() == Code::ResourceExhausted => {
+                        Err("rejected".into())
+                    }
                     Ok(Err(e)) => Err(format!("error: {e}")),
                 };
                 out.push((outcome, t0.elapsed()));
@@ -214,7 +260,12 @@ async fn a_bounded_load_test_completes_or_rejects_every_request() {
     let wall = started.elapsed();
     let rss_after = rss_bytes();
     latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     println!(
         "load: {} requests from {CLIENTS} clients in {:.2}s: {completed} completed, {rejected} rejected (RESOURCE_EXHAUSTED), {} failed; \
          completed latency p50 {:.1} ms, p99 {:.1} ms; RSS {:.1} -> {:.1} MiB",
@@ -228,8 +279,14 @@ async fn a_bounded_load_test_completes_or_rejects_every_request() {
     );
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(completed + rejected, CLIENTS * ROUNDS);
-    assert!(completed > 0 && rejected > 0, "{completed} completed, {rejected} rejected");
-    assert!(rss_after < rss_before + (256 << 20), "memory grew from {rss_before} to {rss_after}");
+    assert!(
+        completed > 0 && rejected > 0,
+        "{completed} completed, {rejected} rejected"
+    );
+    assert!(
+        rss_after < rss_before + (256 << 20),
+        "memory grew from {rss_before} to {rss_after}"
+    );
     // Still serving normally afterwards.
     let info = client.info().await.unwrap();
     assert_eq!((info.queued, info.open_streams), (0, 0));
@@ -244,14 +301,21 @@ async fn tls_serves_clients_that_trust_the_certificate() {
     let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
     std::fs::write(state.path().join("cert.pem"), &cert_pem).unwrap();
     std::fs::write(state.path().join("key.pem"), &key_pem).unwrap();
-    let files = oneiro_daemon::config::TlsFiles { cert: state.path().join("cert.pem"), key: state.path().join("key.pem") };
+    let files = oneiro_daemon::config::TlsFiles {
+        cert: state.path().join("cert.pem"),
+        key: state.path().join("key.pem"),
+    };
     let daemon = start(state.path(), |c| c.tls = Some(files)).await;
     let https = format!("https://localhost:{}", daemon.addr.port());
 
-    let mut client = Client::connect_with(&https, Default::default(), Some(cert_pem.as_bytes())).await.unwrap();
+    let mut client = Client::connect_with(&https, Default::default(), Some(cert_pem.as_bytes()))
+        .await
+        .unwrap();
     assert_eq!(client.info().await.unwrap().device, "cpu");
     // Plain text against the TLS port fails, and so does an untrusted certificate.
-    let mut plain = Client::connect(&format!("http://127.0.0.1:{}", daemon.addr.port())).await.unwrap();
+    let mut plain = Client::connect(&format!("http://127.0.0.1:{}", daemon.addr.port()))
+        .await
+        .unwrap();
     assert!(plain.info().await.is_err());
     let untrusted = Client::connect_with(&https, Default::default(), None).await;
     assert!(untrusted.is_err() || untrusted.unwrap().info().await.is_err());

@@ -80,7 +80,11 @@ impl Client {
 
     /// Connects with a token and, for `https://` endpoints, TLS that trusts `ca_pem`
     /// (a PEM certificate, e.g. a self-signed daemon's) or else the public web roots.
-    pub async fn connect_with(endpoint: &str, token: BearerToken, ca_pem: Option<&[u8]>) -> Result<Self> {
+    pub async fn connect_with(
+        endpoint: &str,
+        token: BearerToken,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self> {
         let mut ep = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| ClientError::Endpoint(endpoint.into(), e.to_string()))?;
         if endpoint.starts_with("https://") {
@@ -88,7 +92,9 @@ impl Client {
                 Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
                 None => ClientTlsConfig::new().with_webpki_roots(),
             };
-            ep = ep.tls_config(tls).map_err(|e| ClientError::Endpoint(endpoint.into(), source_chain(&e)))?;
+            ep = ep
+                .tls_config(tls)
+                .map_err(|e| ClientError::Endpoint(endpoint.into(), source_chain(&e)))?;
         }
         let channel = ep
             .connect()
@@ -139,12 +145,20 @@ impl Client {
 
     /// Loads a trained model onto the daemon's device ahead of use.
     pub async fn load_model(&mut self, name: &str) -> Result<pb::ResidencyResponse> {
-        Ok(self.inner.load_model(pb::LoadModelRequest { name: name.into() }).await?.into_inner())
+        Ok(self
+            .inner
+            .load_model(pb::LoadModelRequest { name: name.into() })
+            .await?
+            .into_inner())
     }
 
     /// Frees a model's device memory (it loads again on next use).
     pub async fn unload_model(&mut self, name: &str) -> Result<pb::ResidencyResponse> {
-        Ok(self.inner.unload_model(pb::UnloadModelRequest { name: name.into() }).await?.into_inner())
+        Ok(self
+            .inner
+            .unload_model(pb::UnloadModelRequest { name: name.into() })
+            .await?
+            .into_inner())
     }
 
     /// Starts a training and returns its event stream.

@@ -518,12 +518,25 @@ async fn text(client: &mut Client, cmd: TextCommand) -> Result<()> {
         }
         TextCommand::Load { name } => {
             let r = client.load_model(&name).await?;
-            println!("{name} loaded; resident: {} ({} of {} bytes)", r.resident_models.join(", "), r.resident_bytes, r.memory_budget_bytes);
+            println!(
+                "{name} loaded; resident: {} ({} of {} bytes)",
+                r.resident_models.join(", "),
+                r.resident_bytes,
+                r.memory_budget_bytes
+            );
             Ok(())
         }
         TextCommand::Unload { name } => {
             let r = client.unload_model(&name).await?;
-            println!("{name} {}; resident: {}", if r.was_resident { "unloaded" } else { "was not loaded" }, r.resident_models.join(", "));
+            println!(
+                "{name} {}; resident: {}",
+                if r.was_resident {
+                    "unloaded"
+                } else {
+                    "was not loaded"
+                },
+                r.resident_models.join(", ")
+            );
             Ok(())
         }
         TextCommand::Delete { name } => {

@@ -7,8 +7,22 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const KNOWN_METHODS: &[&str] = &[
-    "Info", "CreateModel", "ListModels", "DescribeModel", "DeleteModel", "Train", "WatchJob", "CancelJob",
-    "ListJobs", "ResumeJob", "Generate", "LoadModel", "UnloadModel", "Check", "Watch", "ServerReflectionInfo",
+    "Info",
+    "CreateModel",
+    "ListModels",
+    "DescribeModel",
+    "DeleteModel",
+    "Train",
+    "WatchJob",
+    "CancelJob",
+    "ListJobs",
+    "ResumeJob",
+    "Generate",
+    "LoadModel",
+    "UnloadModel",
+    "Check",
+    "Watch",
+    "ServerReflectionInfo",
 ];
 
 #[derive(Default)]
@@ -60,7 +74,12 @@ impl Metrics {
             tonic::Code::Unauthenticated => "unauthenticated",
             _ => "internal",
         };
-        *self.errors.lock().expect("metrics poisoned").entry(name).or_default() += 1;
+        *self
+            .errors
+            .lock()
+            .expect("metrics poisoned")
+            .entry(name)
+            .or_default() += 1;
     }
 
     pub fn render(&self, g: &Gauges) -> String {
@@ -68,24 +87,69 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         }
         let mut out = String::new();
-        header(&mut out, "oneiro_calls_total", "counter", "gRPC calls by method.");
+        header(
+            &mut out,
+            "oneiro_calls_total",
+            "counter",
+            "gRPC calls by method.",
+        );
         for (m, n) in self.calls.lock().expect("metrics poisoned").iter() {
             let _ = writeln!(out, "oneiro_calls_total{{method=\"{m}\"}} {n}");
         }
-        header(&mut out, "oneiro_errors_total", "counter", "Failed calls by gRPC code.");
+        header(
+            &mut out,
+            "oneiro_errors_total",
+            "counter",
+            "Failed calls by gRPC code.",
+        );
         for (c, n) in self.errors.lock().expect("metrics poisoned").iter() {
             let _ = writeln!(out, "oneiro_errors_total{{code=\"{c}\"}} {n}");
         }
         let f = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let rate = f32::from_bits(f(&self.sequences_per_second) as u32);
         for (name, kind, help, value) in [
-            ("oneiro_queue_jobs", "gauge", "Jobs waiting for the device worker.", g.queued.to_string()),
-            ("oneiro_queue_depth", "gauge", "Capacity of the device queue.", g.queue_depth.to_string()),
-            ("oneiro_active_jobs", "gauge", "Training jobs queued or running.", g.active_jobs.to_string()),
-            ("oneiro_open_streams", "gauge", "Server streams open now.", g.open_streams.to_string()),
-            ("oneiro_train_steps_total", "counter", "Training steps done.", f(&self.train_steps).to_string()),
-            ("oneiro_train_sequences_per_second", "gauge", "Throughput of the latest training step.", rate.to_string()),
-            ("oneiro_generated_chars_total", "counter", "Characters generated.", f(&self.generated_chars).to_string()),
+            (
+                "oneiro_queue_jobs",
+                "gauge",
+                "Jobs waiting for the device worker.",
+                g.queued.to_string(),
+            ),
+            (
+                "oneiro_queue_depth",
+                "gauge",
+                "Capacity of the device queue.",
+                g.queue_depth.to_string(),
+            ),
+            (
+                "oneiro_active_jobs",
+                "gauge",
+                "Training jobs queued or running.",
+                g.active_jobs.to_string(),
+            ),
+            (
+                "oneiro_open_streams",
+                "gauge",
+                "Server streams open now.",
+                g.open_streams.to_string(),
+            ),
+            (
+                "oneiro_train_steps_total",
+                "counter",
+                "Training steps done.",
+                f(&self.train_steps).to_string(),
+            ),
+            (
+                "oneiro_train_sequences_per_second",
+                "gauge",
+                "Throughput of the latest training step.",
+                rate.to_string(),
+            ),
+            (
+                "oneiro_generated_chars_total",
+                "counter",
+                "Characters generated.",
+                f(&self.generated_chars).to_string(),
+            ),
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
@@ -105,8 +169,16 @@ mod tests {
         m.call("Generate");
         m.error(tonic::Code::ResourceExhausted);
         m.train_steps.fetch_add(7, Ordering::Relaxed);
-        let text = m.render(&Gauges { queued: 1, queue_depth: 16, active_jobs: 2, open_streams: 3 });
-        assert!(text.contains("oneiro_calls_total{method=\"Generate\"} 2"), "{text}");
+        let text = m.render(&Gauges {
+            queued: 1,
+            queue_depth: 16,
+            active_jobs: 2,
+            open_streams: 3,
+        });
+        assert!(
+            text.contains("oneiro_calls_total{method=\"Generate\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("oneiro_errors_total{code=\"resource_exhausted\"} 1"));
         assert!(text.contains("# TYPE oneiro_queue_jobs gauge\noneiro_queue_jobs 1"));
         assert!(text.contains("oneiro_train_steps_total 7"));

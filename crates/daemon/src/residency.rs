@@ -30,8 +30,16 @@ pub struct Residency<T> {
 
 impl<T> Residency<T> {
     pub fn new(budget: u64) -> Self {
-        let snapshot = Arc::new(Mutex::new(Snapshot { budget, ..Default::default() }));
-        Self { entries: HashMap::new(), budget, clock: 0, snapshot }
+        let snapshot = Arc::new(Mutex::new(Snapshot {
+            budget,
+            ..Default::default()
+        }));
+        Self {
+            entries: HashMap::new(),
+            budget,
+            clock: 0,
+            snapshot,
+        }
     }
 
     pub fn snapshot_handle(&self) -> Arc<Mutex<Snapshot>> {
@@ -41,8 +49,11 @@ impl<T> Residency<T> {
     fn publish(&self) {
         let mut models: Vec<String> = self.entries.keys().cloned().collect();
         models.sort();
-        *self.snapshot.lock().expect("residency snapshot poisoned") =
-            Snapshot { models, bytes: self.bytes(), budget: self.budget };
+        *self.snapshot.lock().expect("residency snapshot poisoned") = Snapshot {
+            models,
+            bytes: self.bytes(),
+            budget: self.budget,
+        };
     }
 
     pub fn bytes(&self) -> u64 {
@@ -63,7 +74,13 @@ impl<T> Residency<T> {
 
     /// Makes room (unloading the least recently used) and keeps `value`. Returns the
     /// names unloaded, or why it cannot fit at all.
-    pub fn insert(&mut self, name: &str, key: (u64, u64), value: Arc<T>, bytes: u64) -> Result<Vec<String>, String> {
+    pub fn insert(
+        &mut self,
+        name: &str,
+        key: (u64, u64),
+        value: Arc<T>,
+        bytes: u64,
+    ) -> Result<Vec<String>, String> {
         if bytes > self.budget {
             return Err(format!(
                 "model {name:?} needs about {bytes} bytes, more than the device's memory budget of {} bytes",
@@ -73,13 +90,25 @@ impl<T> Residency<T> {
         self.entries.remove(name);
         let mut evicted = Vec::new();
         while self.bytes() + bytes > self.budget {
-            let oldest = self.entries.iter().min_by_key(|(_, e)| e.last_used).map(|(n, _)| n.clone());
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(n, _)| n.clone());
             let Some(oldest) = oldest else { break };
             self.entries.remove(&oldest);
             evicted.push(oldest);
         }
         self.clock += 1;
-        self.entries.insert(name.to_string(), Entry { key, value, bytes, last_used: self.clock });
+        self.entries.insert(
+            name.to_string(),
+            Entry {
+                key,
+                value,
+                bytes,
+                last_used: self.clock,
+            },
+        );
         self.publish();
         Ok(evicted)
     }
@@ -104,7 +133,14 @@ mod tests {
         let evicted = r.insert("c", (3, 1), Arc::new(()), 40).unwrap();
         assert_eq!(evicted, vec!["b".to_string()]);
         let snap = r.snapshot_handle().lock().unwrap().clone();
-        assert_eq!(snap, Snapshot { models: vec!["a".into(), "c".into()], bytes: 80, budget: 100 });
+        assert_eq!(
+            snap,
+            Snapshot {
+                models: vec!["a".into(), "c".into()],
+                bytes: 80,
+                budget: 100
+            }
+        );
     }
 
     #[test]
@@ -118,7 +154,11 @@ mod tests {
     #[test]
     fn a_model_larger_than_the_budget_is_refused_and_unload_frees() {
         let mut r = Residency::new(100);
-        assert!(r.insert("huge", (1, 1), Arc::new(()), 101).unwrap_err().contains("memory budget"));
+        assert!(
+            r.insert("huge", (1, 1), Arc::new(()), 101)
+                .unwrap_err()
+                .contains("memory budget")
+        );
         r.insert("a", (1, 1), Arc::new(()), 10).unwrap();
         assert!(r.remove("a"));
         assert!(!r.remove("a"));

@@ -17,9 +17,9 @@ use tracing::{info, warn};
 use crate::config::{DaemonConfig, Secret};
 use crate::jobs::JobManager;
 use crate::metrics::{Gauges, Metrics};
-use tonic::codegen::http;
 use crate::service::OneiroService;
 use crate::worker;
+use tonic::codegen::http;
 
 /// Serves on `listener` until `shutdown` resolves; then reports NOT_SERVING, stops
 /// accepting, lets the worker finish its current step and joins it.
@@ -82,8 +82,13 @@ async fn serve_inner(
         JobManager::open(&config.state_dir)
             .with_context(|| format!("cannot open the jobs of {}", config.state_dir.display()))?,
     );
-    let (handle, thread) = worker::spawn(config.device, store.clone(), config.queue_depth, config.memory_budget_bytes as u64)
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let (handle, thread) = worker::spawn(
+        config.device,
+        store.clone(),
+        config.queue_depth,
+        config.memory_budget_bytes as u64,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     let device = handle.device.clone();
     let stopping = handle.stopping.clone();
 
@@ -121,7 +126,9 @@ async fn serve_inner(
     let begun_tx = begun.clone();
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
-        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+        };
         let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
         builder = builder
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
@@ -141,8 +148,13 @@ async fn serve_inner(
                 // their status in the response headers.
                 .map_response({
                     let m = metrics.clone();
-                    move |resp: http::Response<tonic::service::interceptor::ResponseBody<tonic::body::Body>>| {
-                        let code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<i32>().ok());
+                    move |resp: http::Response<
+                        tonic::service::interceptor::ResponseBody<tonic::body::Body>,
+                    >| {
+                        let code = resp
+                            .headers()
+                            .get("grpc-status")
+                            .and_then(|v| v.to_str().ok()?.parse::<i32>().ok());
                         if let Some(code) = code.filter(|c| *c != 0) {
                             m.error(tonic::Code::from(code));
                         }
@@ -194,10 +206,17 @@ async fn serve_metrics(
         "/metrics",
         axum::routing::get(move || {
             let text = metrics.render(&gauges());
-            async move { ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+            async move {
+                (
+                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    text,
+                )
+            }
         }),
     );
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for metrics"))?;
     info!(addr = %listener.local_addr()?, "serving metrics");
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -21,8 +21,8 @@ use crate::convert;
 use crate::error::ServiceError;
 use crate::jobs::{Job as TrainJob, JobManager, JobState};
 use crate::metrics::{Gauges, Metrics};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::worker::{Job, WorkerHandle};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -49,13 +49,22 @@ struct Permitted<S> {
 
 impl<S: Stream + Unpin> Stream for Permitted<S> {
     type Item = S::Item;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<S::Item>> {
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
         Pin::new(&mut self.inner).poll_next(cx)
     }
 }
 
-fn permitted<T: Send + 'static>(inner: EventStream<T>, permit: OwnedSemaphorePermit) -> EventStream<T> {
-    Box::pin(Permitted { inner, _permit: permit })
+fn permitted<T: Send + 'static>(
+    inner: EventStream<T>,
+    permit: OwnedSemaphorePermit,
+) -> EventStream<T> {
+    Box::pin(Permitted {
+        inner,
+        _permit: permit,
+    })
 }
 
 /// Streams a job's events to one client: the replay, then the live feed; ends with the
@@ -122,7 +131,15 @@ impl OneiroService {
     ) -> Self {
         let streams = Arc::new(Semaphore::new(config.max_streams.max(1)));
         let metrics = worker.metrics.clone();
-        Self { config, store, worker, jobs, shutting_down, streams, metrics }
+        Self {
+            config,
+            store,
+            worker,
+            jobs,
+            shutting_down,
+            streams,
+            metrics,
+        }
     }
 
     /// A reader of the live figures, for the metrics endpoint.
@@ -139,7 +156,11 @@ impl OneiroService {
     }
 
     fn residency(&self) -> crate::residency::Snapshot {
-        self.worker.residency.lock().expect("residency snapshot poisoned").clone()
+        self.worker
+            .residency
+            .lock()
+            .expect("residency snapshot poisoned")
+            .clone()
     }
 
     fn residency_response(&self, was_resident: bool) -> pb::ResidencyResponse {
@@ -155,7 +176,10 @@ impl OneiroService {
     /// Admits one more server stream, or refuses at once.
     fn stream_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
         self.streams.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!("too many open streams ({}); retry later", self.config.max_streams))
+            Status::resource_exhausted(format!(
+                "too many open streams ({}); retry later",
+                self.config.max_streams
+            ))
         })
     }
 
@@ -300,7 +324,8 @@ impl Oneiro for OneiroService {
             resident_models: resident.models,
             resident_bytes: resident.bytes,
             memory_budget_bytes: resident.budget,
-            open_streams: (self.config.max_streams.max(1) - self.streams.available_permits()) as u32,
+            open_streams: (self.config.max_streams.max(1) - self.streams.available_permits())
+                as u32,
             max_streams: self.config.max_streams as u32,
         }))
     }
@@ -360,7 +385,10 @@ impl Oneiro for OneiroService {
         Ok(Response::new(pb::DeleteModelResponse {}))
     }
 
-    async fn load_model(&self, req: Request<pb::LoadModelRequest>) -> Result<Response<pb::ResidencyResponse>, Status> {
+    async fn load_model(
+        &self,
+        req: Request<pb::LoadModelRequest>,
+    ) -> Result<Response<pb::ResidencyResponse>, Status> {
         self.admit()?;
         let model = req.into_inner().name;
         validate_name(&model).map_err(ServiceError::from)?;
@@ -370,7 +398,10 @@ impl Oneiro for OneiroService {
         Ok(Response::new(self.residency_response(was)))
     }
 
-    async fn unload_model(&self, req: Request<pb::UnloadModelRequest>) -> Result<Response<pb::ResidencyResponse>, Status> {
+    async fn unload_model(
+        &self,
+        req: Request<pb::UnloadModelRequest>,
+    ) -> Result<Response<pb::ResidencyResponse>, Status> {
         let model = req.into_inner().name;
         validate_name(&model).map_err(ServiceError::from)?;
         let (reply, rx) = tokio::sync::oneshot::channel();
@@ -414,7 +445,10 @@ impl Oneiro for OneiroService {
             self.jobs.discard(&job);
             return Err(e.into());
         }
-        Ok(Response::new(permitted(watch(job, req.stop_on_disconnect), permit)))
+        Ok(Response::new(permitted(
+            watch(job, req.stop_on_disconnect),
+            permit,
+        )))
     }
 
     type WatchJobStream = EventStream<pb::TrainEvent>;
@@ -508,6 +542,9 @@ impl Oneiro for OneiroService {
             chunks: tx,
             span,
         })?;
-        Ok(Response::new(permitted(Box::pin(ReceiverStream::new(rx)), permit)))
+        Ok(Response::new(permitted(
+            Box::pin(ReceiverStream::new(rx)),
+            permit,
+        )))
     }
 }

@@ -166,9 +166,15 @@ struct JobSink<'a> {
 
 impl EventSink for JobSink<'_> {
     fn send(&mut self, event: TrainEvent) -> Result<(), Stop> {
-        if let TrainEvent::Batch { sequences_per_second, .. } = &event {
+        if let TrainEvent::Batch {
+            sequences_per_second,
+            ..
+        } = &event
+        {
             self.metrics.train_steps.fetch_add(1, Ordering::Relaxed);
-            self.metrics.sequences_per_second.store(sequences_per_second.to_bits() as u64, Ordering::Relaxed);
+            self.metrics
+                .sequences_per_second
+                .store(sequences_per_second.to_bits() as u64, Ordering::Relaxed);
         }
         if let Some(e) = convert::train_event(event).event {
             self.job.publish(e);
@@ -240,7 +246,10 @@ impl Worker {
             &corpus,
             options,
             &self.device,
-            &mut JobSink { job, metrics: &self.metrics },
+            &mut JobSink {
+                job,
+                metrics: &self.metrics,
+            },
         );
         self.resident.remove(&job.model);
         match result {
@@ -343,7 +352,9 @@ impl Worker {
             flush(&mut pending, &mut first);
         }
         if drawn < length && self.stopping.load(Ordering::Relaxed) {
-            let msg = format!("the daemon is shutting down; generation stopped after {drawn} of {length} characters");
+            let msg = format!(
+                "the daemon is shutting down; generation stopped after {drawn} of {length} characters"
+            );
             let _ = chunks.blocking_send(Err(Status::unavailable(msg)));
         }
         Ok(())

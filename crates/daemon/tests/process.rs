@@ -18,7 +18,14 @@ impl Daemon {
     /// Starts `oneirod` on a free loopback port and waits until it serves.
     fn start(state: &std::path::Path) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_oneirod"))
-            .args(["--listen", "127.0.0.1:0", "--device", "cpu", "--shutdown-timeout-secs", "20"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--device",
+                "cpu",
+                "--shutdown-timeout-secs",
+                "20",
+            ])
             .arg("--state-dir")
             .arg(state)
             .env("RUST_LOG", "info")
@@ -37,7 +44,10 @@ impl Daemon {
         };
         // Keep draining the log so the daemon never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Daemon { child, endpoint: format!("http://{addr}") }
+        Daemon {
+            child,
+            endpoint: format!("http://{addr}"),
+        }
     }
 }
 
@@ -53,12 +63,14 @@ fn training(epochs: u32) -> pb::TrainRequest {
         model: "m".into(),
         create_if_missing: true,
         stop_on_disconnect: false,
-        create_config: Some(pb::train_request::CreateConfig::CharLstm(pb::CharLstmConfig {
-            maxlen: 30,
-            step: 1,
-            hidden: 64,
-            lowercase: None,
-        })),
+        create_config: Some(pb::train_request::CreateConfig::CharLstm(
+            pb::CharLstmConfig {
+                maxlen: 30,
+                step: 1,
+                hidden: 64,
+                lowercase: None,
+            },
+        )),
         options: Some(pb::TrainOptions {
             epochs,
             batch_size: 8,
@@ -68,7 +80,9 @@ fn training(epochs: u32) -> pb::TrainRequest {
             ..Default::default()
         }),
         data: Some(pb::train_request::Data::Text(pb::TextCorpus {
-            source: Some(pb::text_corpus::Source::Text("the quick brown fox jumps over the lazy dog. ".repeat(60))),
+            source: Some(pb::text_corpus::Source::Text(
+                "the quick brown fox jumps over the lazy dog. ".repeat(60),
+            )),
         })),
     }
 }
@@ -80,7 +94,9 @@ async fn follow_until(
     mut until: impl FnMut(&pb::TrainEvent) -> bool,
 ) -> (String, Option<(u32, u32)>) {
     let (mut job, mut ck) = (String::new(), None);
-    while let Ok(Ok(Some(ev))) = tokio::time::timeout(Duration::from_secs(60), stream.message()).await {
+    while let Ok(Ok(Some(ev))) =
+        tokio::time::timeout(Duration::from_secs(60), stream.message()).await
+    {
         job.clone_from(&ev.job_id);
         if let Some(Event::Checkpoint(c)) = &ev.event {
             ck = Some((c.epoch, c.step));
@@ -98,11 +114,19 @@ async fn resume_after_restart(state: &std::path::Path, job: &str, seen: (u32, u3
     let daemon = Daemon::start(state);
     let mut client = Client::connect(&daemon.endpoint).await.unwrap();
     let jobs = client.list_jobs().await.unwrap();
-    let info = jobs.iter().find(|j| j.job_id == job).expect("the job survives the restart");
+    let info = jobs
+        .iter()
+        .find(|j| j.job_id == job)
+        .expect("the job survives the restart");
     assert_eq!(info.state(), pb::JobState::Interrupted, "{info:?}");
     // The checkpoint on disk is whole: the model loads and generates.
     let text = client
-        .generate_text(pb::GenerateRequest { model: "m".into(), length: 10, temperature: Some(0.0), ..Default::default() })
+        .generate_text(pb::GenerateRequest {
+            model: "m".into(),
+            length: 10,
+            temperature: Some(0.0),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(text.chars().count(), 10);
@@ -120,11 +144,18 @@ async fn resume_after_restart(state: &std::path::Path, job: &str, seen: (u32, u3
     let s = started.expect("Started");
     let b = first_batch.expect("a batch");
     // It goes on from where the last checkpoint left it, not from the start.
-    assert!((s.first_epoch, s.first_step) >= seen, "resumed at {:?}, had seen {seen:?}", (s.first_epoch, s.first_step));
+    assert!(
+        (s.first_epoch, s.first_step) >= seen,
+        "resumed at {:?}, had seen {seen:?}",
+        (s.first_epoch, s.first_step)
+    );
     assert_eq!((b.epoch, b.step), (s.first_epoch, s.first_step + 1));
     assert_eq!(finished.expect("Finished").epochs_trained, epochs);
     let model = client.describe_model("m").await.unwrap();
-    assert_eq!((model.epochs_trained, model.loss_history.len() as u32), (epochs, epochs));
+    assert_eq!(
+        (model.epochs_trained, model.loss_history.len() as u32),
+        (epochs, epochs)
+    );
     assert!(model.loss_history.iter().all(|l| l.is_finite()));
 }
 
@@ -135,7 +166,11 @@ async fn a_daemon_killed_mid_training_resumes_the_job_from_its_last_checkpoint()
     let mut client = Client::connect(&daemon.endpoint).await.unwrap();
     let mut stream = client.train(training(2)).await.unwrap();
     // Wait for a mid-epoch checkpoint, then pull the plug.
-    let (job, ck) = follow_until(&mut stream, |ev| matches!(&ev.event, Some(Event::Checkpoint(c)) if c.step >= 20)).await;
+    let (job, ck) = follow_until(
+        &mut stream,
+        |ev| matches!(&ev.event, Some(Event::Checkpoint(c)) if c.step >= 20),
+    )
+    .await;
     let seen = ck.expect("a checkpoint");
     daemon.child.kill().unwrap(); // SIGKILL
     daemon.child.wait().unwrap();
@@ -149,9 +184,19 @@ async fn sigterm_mid_training_checkpoints_and_the_job_resumes() {
     let mut daemon = Daemon::start(state.path());
     let mut client = Client::connect(&daemon.endpoint).await.unwrap();
     let mut stream = client.train(training(2)).await.unwrap();
-    let (job, _) = follow_until(&mut stream, |ev| matches!(&ev.event, Some(Event::Batch(b)) if b.step >= 15)).await;
+    let (job, _) = follow_until(
+        &mut stream,
+        |ev| matches!(&ev.event, Some(Event::Batch(b)) if b.step >= 15),
+    )
+    .await;
     let pid = daemon.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     // The stream reports the shutdown checkpoint and the interruption, then ends.
     let mut stopped = None;
     let (_, ck) = follow_until(&mut stream, |ev| {
@@ -168,7 +213,10 @@ async fn sigterm_mid_training_checkpoints_and_the_job_resumes() {
     let ck = ck.expect("a checkpoint written at shutdown");
     assert!(ck >= (1, 15), "{ck:?}");
     let status = daemon.child.wait().unwrap();
-    assert!(status.success(), "oneirod exits cleanly on SIGTERM: {status:?}");
+    assert!(
+        status.success(),
+        "oneirod exits cleanly on SIGTERM: {status:?}"
+    );
     drop((stream, client, daemon));
     resume_after_restart(state.path(), &job, ck, 2).await;
 }

@@ -49,7 +49,11 @@ impl CharGenerator {
     /// rearranged copies (about twice the weights again) on the CPU.
     pub fn resident_bytes(&self) -> u64 {
         let weights = self.model.parameter_count() as u64 * 4;
-        if self.runner.is_some() { 3 * weights } else { weights }
+        if self.runner.is_some() {
+            3 * weights
+        } else {
+            weights
+        }
     }
 
     /// Loads the current checkpoint of `record` onto `device`.

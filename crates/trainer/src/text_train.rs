@@ -577,7 +577,12 @@ mod tests {
 
     #[test]
     fn a_run_stopped_mid_epoch_resumes_exactly_where_it_stopped() -> Result<()> {
-        let cfg = CharLstmConfig { maxlen: 8, step: 1, hidden: 8, lowercase: true };
+        let cfg = CharLstmConfig {
+            maxlen: 8,
+            step: 1,
+            hidden: 8,
+            lowercase: true,
+        };
         let opts = TextTrainOptions {
             epochs: 2,
             batch_size: 16,
@@ -588,7 +593,9 @@ mod tests {
         };
         // Uninterrupted.
         let (_a, store_a) = setup(cfg.clone());
-        let straight = train_char_lstm(&store_a, "m", &corpus(), &opts, &Device::Cpu, &mut |_| Ok(()))?;
+        let straight = train_char_lstm(&store_a, "m", &corpus(), &opts, &Device::Cpu, &mut |_| {
+            Ok(())
+        })?;
         // Stopped at step 23 of epoch 1 (a checkpoint of all 23 steps is written), then
         // continued.
         let (_b, store_b) = setup(cfg);
@@ -613,16 +620,31 @@ mod tests {
             counter.set(counter.get() + 1);
             counter.get() > 23
         };
-        let err = train_char_lstm(&store_b, "m", &corpus(), &opts, &Device::Cpu, &mut StopAt(&mut stop_sink, &stop_now))
-            .unwrap_err();
+        let err = train_char_lstm(
+            &store_b,
+            "m",
+            &corpus(),
+            &opts,
+            &Device::Cpu,
+            &mut StopAt(&mut stop_sink, &stop_now),
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::Cancelled(_)), "{err}");
         assert_eq!(steps, 23);
         let mid = store_b.load("m")?;
         assert_eq!(mid.epochs_trained, 0);
-        assert_eq!(mid.progress.as_ref().map(|p| (p.epoch, p.step)), Some((1, 23)));
+        assert_eq!(
+            mid.progress.as_ref().map(|p| (p.epoch, p.step)),
+            Some((1, 23))
+        );
         let mut started = None;
         let resumed = train_char_lstm(&store_b, "m", &corpus(), &opts, &Device::Cpu, &mut |e| {
-            if let TrainEvent::Started { first_epoch, first_step, .. } = e {
+            if let TrainEvent::Started {
+                first_epoch,
+                first_step,
+                ..
+            } = e
+            {
                 started = Some((first_epoch, first_step));
             }
             Ok(())
@@ -630,26 +652,56 @@ mod tests {
         assert_eq!(started, Some((1, 23)));
         assert_eq!(resumed.epochs_trained, 2);
         assert_eq!(resumed.progress, None);
-        assert_eq!(resumed.optimizer.as_ref().unwrap().iterations, straight.optimizer.as_ref().unwrap().iterations);
+        assert_eq!(
+            resumed.optimizer.as_ref().unwrap().iterations,
+            straight.optimizer.as_ref().unwrap().iterations
+        );
         // Same data order, same optimizer state, same weights: the same loss curve.
         for (a, b) in straight.loss_history.iter().zip(&resumed.loss_history) {
-            assert!((a - b).abs() < 1e-5, "{:?} vs {:?}", straight.loss_history, resumed.loss_history);
+            assert!(
+                (a - b).abs() < 1e-5,
+                "{:?} vs {:?}",
+                straight.loss_history,
+                resumed.loss_history
+            );
         }
         Ok(())
     }
 
     #[test]
     fn a_loss_exploding_past_the_factor_of_its_best_stops_the_run() -> Result<()> {
-        let cfg = CharLstmConfig { maxlen: 8, step: 1, hidden: 8, lowercase: true };
+        let cfg = CharLstmConfig {
+            maxlen: 8,
+            step: 1,
+            hidden: 8,
+            lowercase: true,
+        };
         let (_tmp, store) = setup(cfg);
-        let base = TextTrainOptions { epochs: 2, batch_size: 16, seed: Some(3), sample_temperatures: vec![], ..Default::default() };
+        let base = TextTrainOptions {
+            epochs: 2,
+            batch_size: 16,
+            seed: Some(3),
+            sample_temperatures: vec![],
+            ..Default::default()
+        };
         let good = train_char_lstm(&store, "m", &corpus(), &base, &Device::Cpu, &mut |_| Ok(()))?;
         // A learning rate that wrecks the model makes the loss climb far above its best.
-        let wild = TextTrainOptions { learning_rate: Some(5.0), divergence_factor: 1.5, ..base };
-        let err = train_char_lstm(&store, "m", &corpus(), &wild, &Device::Cpu, &mut |_| Ok(())).unwrap_err();
-        assert!(matches!(err, Error::Diverged(_)) && err.to_string().contains("best epoch loss"), "{err}");
+        let wild = TextTrainOptions {
+            learning_rate: Some(5.0),
+            divergence_factor: 1.5,
+            ..base
+        };
+        let err = train_char_lstm(&store, "m", &corpus(), &wild, &Device::Cpu, &mut |_| Ok(()))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Diverged(_)) && err.to_string().contains("best epoch loss"),
+            "{err}"
+        );
         let after = store.load("m")?;
-        assert_eq!(after.checkpoint, good.checkpoint, "the last good checkpoint stays current");
+        assert_eq!(
+            after.checkpoint, good.checkpoint,
+            "the last good checkpoint stays current"
+        );
         assert_eq!(after.epochs_trained, 2);
         Ok(())
     }
