@@ -124,7 +124,9 @@ async fn serve_inner(
     // open streams, which end as their jobs do, up to the deadline.
     let begun = Arc::new(tokio::sync::Notify::new());
     let begun_tx = begun.clone();
-    let mut builder = tonic::transport::Server::builder();
+    // One span per call, so every log line of a request carries its method.
+    let mut builder = tonic::transport::Server::builder()
+        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()));
     if let Some(tls) = &tls {
         let read = |p: &std::path::Path| {
             std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
