@@ -6,26 +6,9 @@ use oneiro_client::{BearerToken, Client, ClientError, pb};
 use oneiro_daemon::config::Secret;
 use oneiro_daemon::device::DeviceSpec;
 use oneiro_daemon::{DaemonConfig, RunningDaemon};
+use oneiro_e2e::{SENTENCE, code, start};
 use pb::train_event::Event;
 use tonic::Code;
-
-const SENTENCE: &str = "the quick brown fox jumps over the lazy dog. ";
-
-async fn start(state: &std::path::Path, tweak: impl FnOnce(&mut DaemonConfig)) -> RunningDaemon {
-    let mut config = DaemonConfig::new(state.to_path_buf());
-    config.device = DeviceSpec::Cpu;
-    tweak(&mut config);
-    oneiro_daemon::spawn(config, ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("daemon starts")
-}
-
-fn code(e: ClientError) -> Code {
-    match e {
-        ClientError::Status(s) => s.code(),
-        other => panic!("not a gRPC status: {other}"),
-    }
-}
 
 /// A training long enough to act on while it runs (a few seconds).
 fn slow_training(model: &str, epochs: u32) -> pb::TrainRequest {

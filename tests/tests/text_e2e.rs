@@ -3,20 +3,14 @@
 use oneiro_client::{Client, pb};
 use oneiro_daemon::device::DeviceSpec;
 use oneiro_daemon::{DaemonConfig, RunningDaemon};
+use oneiro_e2e::{SENTENCE, status};
 use tonic::Code;
-
-const SENTENCE: &str = "the quick brown fox jumps over the lazy dog. ";
 
 async fn start(
     state: &std::path::Path,
     tweak: impl FnOnce(&mut DaemonConfig),
 ) -> (RunningDaemon, Client) {
-    let mut config = DaemonConfig::new(state.to_path_buf());
-    config.device = DeviceSpec::Cpu;
-    tweak(&mut config);
-    let daemon = oneiro_daemon::spawn(config, ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("daemon starts");
+    let daemon = oneiro_e2e::start(state, tweak).await;
     let client = Client::connect(&daemon.endpoint())
         .await
         .expect("client connects");
@@ -71,13 +65,6 @@ async fn train_to_end(
         events.push(ev.event.expect("every event has a payload"));
     }
     Ok(events)
-}
-
-fn status(e: oneiro_client::ClientError) -> tonic::Status {
-    match e {
-        oneiro_client::ClientError::Status(s) => s,
-        other => panic!("not a gRPC status: {other}"),
-    }
 }
 
 fn greedy(model: &str, seed_text: &str, length: u32) -> pb::GenerateRequest {
