@@ -2,10 +2,8 @@
 
 use std::time::Duration;
 
-use oneiro_client::{BearerToken, Client, ClientError, pb};
+use oneiro_client::{BearerToken, Client, pb};
 use oneiro_daemon::config::Secret;
-use oneiro_daemon::device::DeviceSpec;
-use oneiro_daemon::{DaemonConfig, RunningDaemon};
 use oneiro_e2e::{SENTENCE, code, start};
 use pb::train_event::Event;
 use tonic::Code;

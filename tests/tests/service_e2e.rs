@@ -5,8 +5,6 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use oneiro_client::{Client, ClientError, pb};
-use oneiro_daemon::device::DeviceSpec;
-use oneiro_daemon::{DaemonConfig, RunningDaemon};
 use oneiro_e2e::{SENTENCE, code, start};
 use tonic::Code;
 

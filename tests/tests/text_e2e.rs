@@ -1,7 +1,6 @@
 //! End to end: a real daemon on 127.0.0.1:0, driven through the client library.
 
 use oneiro_client::{Client, pb};
-use oneiro_daemon::device::DeviceSpec;
 use oneiro_daemon::{DaemonConfig, RunningDaemon};
 use oneiro_e2e::{SENTENCE, status};
 use tonic::Code;
