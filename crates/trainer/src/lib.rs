@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod error;
 pub mod events;
+pub mod mnist;
 pub mod store;
 pub mod text_data;
 pub mod text_generate;
