@@ -4,7 +4,9 @@
 
 pub mod char_lstm;
 pub mod init;
+pub mod vae;
 pub mod vocab;
 
 pub use char_lstm::{CharLstm, CharLstmConfig};
+pub use vae::{Vae, VaeConfig};
 pub use vocab::Vocabulary;

@@ -37,12 +37,15 @@ pub struct Mnist {
 }
 
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::invalid(format!("cannot read {}: {e}", path.display())))?;
+    let raw = std::fs::read(path)
+        .map_err(|e| Error::invalid(format!("cannot read {}: {e}", path.display())))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(raw.as_slice())
             .read_to_end(&mut out)
-            .map_err(|e| Error::Corrupt(format!("{}: not a valid gzip stream ({e})", path.display())))?;
+            .map_err(|e| {
+                Error::Corrupt(format!("{}: not a valid gzip stream ({e})", path.display()))
+            })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -58,7 +61,9 @@ fn header(bytes: &[u8], words: usize, path: &Path) -> Result<Vec<u32>> {
             4 * words
         )));
     }
-    Ok((0..words).map(|i| u32::from_be_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap())).collect())
+    Ok((0..words)
+        .map(|i| u32::from_be_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()))
+        .collect())
 }
 
 /// Reads an images file: (pixels, count, rows, cols).
@@ -76,14 +81,23 @@ pub fn read_images(path: &Path) -> Result<(Vec<u8>, usize, usize, usize)> {
     let want = count
         .checked_mul(rows)
         .and_then(|n| n.checked_mul(cols))
-        .ok_or_else(|| Error::Corrupt(format!("{}: impossible dimensions {count}×{rows}×{cols}", path.display())))?;
+        .ok_or_else(|| {
+            Error::Corrupt(format!(
+                "{}: impossible dimensions {count}×{rows}×{cols}",
+                path.display()
+            ))
+        })?;
     let body = &bytes[16..];
     if body.len() != want {
         return Err(Error::Corrupt(format!(
             "{}: {} bytes of pixels for {count} images of {rows}×{cols} (want {want}): {}",
             path.display(),
             body.len(),
-            if body.len() < want { "truncated" } else { "trailing data" }
+            if body.len() < want {
+                "truncated"
+            } else {
+                "trailing data"
+            }
         )));
     }
     Ok((body.to_vec(), count, rows, cols))
@@ -107,11 +121,18 @@ pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
             "{}: {} labels for a declared count of {count}: {}",
             path.display(),
             body.len(),
-            if body.len() < count { "truncated" } else { "trailing data" }
+            if body.len() < count {
+                "truncated"
+            } else {
+                "trailing data"
+            }
         )));
     }
     if let Some(bad) = body.iter().find(|&&l| l > 9) {
-        return Err(Error::Corrupt(format!("{}: label {bad} is not a digit", path.display())));
+        return Err(Error::Corrupt(format!(
+            "{}: label {bad} is not a digit",
+            path.display()
+        )));
     }
     Ok(body.to_vec())
 }
@@ -137,18 +158,32 @@ fn split(dir: &Path, prefix: &str) -> Result<Split> {
             labels.len()
         )));
     }
-    Ok(Split { images, labels, count, rows, cols })
+    Ok(Split {
+        images,
+        labels,
+        count,
+        rows,
+        cols,
+    })
 }
 
 /// Loads the four classic files from `dir`.
 pub fn load_dir(dir: &Path) -> Result<Mnist> {
-    Ok(Mnist { train: split(dir, "train")?, test: split(dir, "t10k")? })
+    Ok(Mnist {
+        train: split(dir, "train")?,
+        test: split(dir, "t10k")?,
+    })
 }
 
 /// Writes a split in IDX format (used by tests and tools to make small data sets).
 pub fn write_split(dir: &Path, prefix: &str, split: &Split) -> Result<()> {
     let mut images = Vec::with_capacity(16 + split.images.len());
-    for w in [IMAGES_MAGIC, split.count as u32, split.rows as u32, split.cols as u32] {
+    for w in [
+        IMAGES_MAGIC,
+        split.count as u32,
+        split.rows as u32,
+        split.cols as u32,
+    ] {
         images.extend_from_slice(&w.to_be_bytes());
     }
     images.extend_from_slice(&split.images);
@@ -187,7 +222,11 @@ mod tests {
         let raw = std::fs::read(&p).unwrap();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&raw).unwrap();
-        std::fs::write(dir.path().join("t10k-images-idx3-ubyte.gz"), gz.finish().unwrap()).unwrap();
+        std::fs::write(
+            dir.path().join("t10k-images-idx3-ubyte.gz"),
+            gz.finish().unwrap(),
+        )
+        .unwrap();
         std::fs::remove_file(&p).unwrap();
         let m = load_dir(dir.path()).unwrap();
         assert_eq!(m.train, tiny(5));
@@ -207,29 +246,65 @@ mod tests {
         bad_magic[3] = 0x01;
         std::fs::write(&images, &bad_magic).unwrap();
         let e = read_images(&images).unwrap_err().to_string();
-        assert!(e.contains("bad magic number 0x00000801") && e.contains("train-images"), "{e}");
+        assert!(
+            e.contains("bad magic number 0x00000801") && e.contains("train-images"),
+            "{e}"
+        );
 
         std::fs::write(&images, &good[..good.len() - 3]).unwrap();
-        assert!(read_images(&images).unwrap_err().to_string().contains("truncated"));
+        assert!(
+            read_images(&images)
+                .unwrap_err()
+                .to_string()
+                .contains("truncated")
+        );
         std::fs::write(&images, &good[..10]).unwrap();
-        assert!(read_images(&images).unwrap_err().to_string().contains("truncated header"));
+        assert!(
+            read_images(&images)
+                .unwrap_err()
+                .to_string()
+                .contains("truncated header")
+        );
         std::fs::write(&images, [good.as_slice(), &[0u8; 2]].concat()).unwrap();
-        assert!(read_images(&images).unwrap_err().to_string().contains("trailing data"));
+        assert!(
+            read_images(&images)
+                .unwrap_err()
+                .to_string()
+                .contains("trailing data")
+        );
 
         std::fs::write(&images, &good).unwrap();
         let mut labels_bytes = std::fs::read(&labels).unwrap();
         labels_bytes.pop();
         std::fs::write(&labels, &labels_bytes).unwrap();
-        assert!(read_labels(&labels).unwrap_err().to_string().contains("4 labels for a declared count of 5"));
+        assert!(
+            read_labels(&labels)
+                .unwrap_err()
+                .to_string()
+                .contains("4 labels for a declared count of 5")
+        );
         labels_bytes.push(42);
         std::fs::write(&labels, &labels_bytes).unwrap();
-        assert!(read_labels(&labels).unwrap_err().to_string().contains("label 42 is not a digit"));
+        assert!(
+            read_labels(&labels)
+                .unwrap_err()
+                .to_string()
+                .contains("label 42 is not a digit")
+        );
 
         // Count mismatch between the two files of a split.
         let mut three = tiny(3);
         three.images = tiny(5).images;
         three.count = 5;
-        write_split(dir.path(), "train", &Split { labels: vec![1, 2, 3], ..three }).unwrap();
+        write_split(
+            dir.path(),
+            "train",
+            &Split {
+                labels: vec![1, 2, 3],
+                ..three
+            },
+        )
+        .unwrap();
         let mut fixed = std::fs::read(&labels).unwrap();
         fixed[7] = 3;
         std::fs::write(&labels, &fixed).unwrap();
@@ -237,8 +312,15 @@ mod tests {
         assert!(e.contains("5 images") && e.contains("3 labels"), "{e}");
 
         std::fs::write(dir.path().join("bad.gz"), [0x1f, 0x8b, 0, 1, 2]).unwrap();
-        assert!(read_labels(&dir.path().join("bad.gz")).unwrap_err().to_string().contains("gzip"));
-        let e = load_dir(&dir.path().join("nowhere")).unwrap_err().to_string();
+        assert!(
+            read_labels(&dir.path().join("bad.gz"))
+                .unwrap_err()
+                .to_string()
+                .contains("gzip")
+        );
+        let e = load_dir(&dir.path().join("nowhere"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("train-images-idx3-ubyte"), "{e}");
     }
 }

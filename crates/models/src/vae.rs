@@ -1,0 +1,355 @@
+//! Convolutional VAE on MNIST (SPEC §4), with Keras' semantics in candle's NCHW layout.
+//!
+//! Encoder: Conv 32 3×3 same relu → Conv 64 3×3 same relu stride 2 → Conv 64 3×3 same relu
+//! → Conv 64 3×3 same relu → Flatten → Dense 32 relu → Dense(latent) ×2 (z_mean, z_log_var).
+//! Decoder: Dense(14·14·64) relu → reshape → ConvTranspose 32 3×3 same stride 2 relu →
+//! Conv 1 3×3 same sigmoid. The decoder returns logits; the loss uses them directly (the
+//! stable form of binary cross-entropy), `sigmoid` gives the image.
+//!
+//! Keras' `same` padding with stride 2 on an even input pads 0 before and 1 after; candle's
+//! padding is symmetric, so that conv pads explicitly. Keys are PyTorch-style
+//! (`encoder.conv1.weight` ...); the dense layer after the reshape maps to channel-major
+//! order (a fixed permutation of Keras' units, which matters only for importing Keras
+//! weights).
+
+use candle_core::{D, DType, Device, Result, Tensor, Var, bail};
+use candle_nn::{Conv2dConfig, ConvTranspose2dConfig};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::init;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VaeConfig {
+    /// Latent dimension [2].
+    pub latent_dim: usize,
+    /// Weight of the KL term [5e-4].
+    pub kl_weight: f64,
+}
+
+impl Default for VaeConfig {
+    fn default() -> Self {
+        Self {
+            latent_dim: 2,
+            kl_weight: 5e-4,
+        }
+    }
+}
+
+const SIDE: usize = 28;
+const HALF: usize = 14;
+
+/// (key, shape) of every weight, in a fixed order.
+fn layout(latent: usize) -> Vec<(&'static str, Vec<usize>)> {
+    let flat = 64 * HALF * HALF;
+    vec![
+        ("encoder.conv1.weight", vec![32, 1, 3, 3]),
+        ("encoder.conv1.bias", vec![32]),
+        ("encoder.conv2.weight", vec![64, 32, 3, 3]),
+        ("encoder.conv2.bias", vec![64]),
+        ("encoder.conv3.weight", vec![64, 64, 3, 3]),
+        ("encoder.conv3.bias", vec![64]),
+        ("encoder.conv4.weight", vec![64, 64, 3, 3]),
+        ("encoder.conv4.bias", vec![64]),
+        ("encoder.dense.weight", vec![32, flat]),
+        ("encoder.dense.bias", vec![32]),
+        ("encoder.z_mean.weight", vec![latent, 32]),
+        ("encoder.z_mean.bias", vec![latent]),
+        ("encoder.z_log_var.weight", vec![latent, 32]),
+        ("encoder.z_log_var.bias", vec![latent]),
+        ("decoder.dense.weight", vec![flat, latent]),
+        ("decoder.dense.bias", vec![flat]),
+        // conv_transpose2d weights are (in, out, k, k).
+        ("decoder.deconv.weight", vec![64, 32, 3, 3]),
+        ("decoder.deconv.bias", vec![32]),
+        ("decoder.conv.weight", vec![1, 32, 3, 3]),
+        ("decoder.conv.bias", vec![1]),
+    ]
+}
+
+pub struct Vae {
+    pub config: VaeConfig,
+    params: Vec<Var>,
+}
+
+/// What the encoder gives for a batch.
+pub struct Encoded {
+    pub z_mean: Tensor,
+    pub z_log_var: Tensor,
+}
+
+/// One batch's loss, split as the training events report it.
+pub struct VaeLoss {
+    pub total: Tensor,
+    pub reconstruction: Tensor,
+    pub kl: Tensor,
+}
+
+fn glorot_fans(shape: &[usize], transpose: bool) -> (usize, usize) {
+    match shape {
+        [o, i, kh, kw] if transpose => (o * kh * kw, i * kh * kw),
+        [o, i, kh, kw] => (i * kh * kw, o * kh * kw),
+        [o, i] => (*i, *o),
+        _ => (1, 1),
+    }
+}
+
+impl Vae {
+    /// Keras initialisation: Glorot-uniform kernels, zero biases.
+    pub fn new_random(config: VaeConfig, rng: &mut impl Rng, dev: &Device) -> Result<Self> {
+        if config.latent_dim == 0 || config.latent_dim > 512 {
+            bail!(
+                "latent dimension must be between 1 and 512, got {}",
+                config.latent_dim
+            )
+        }
+        let mut params = Vec::new();
+        for (key, shape) in layout(config.latent_dim) {
+            let t = if key.ends_with(".bias") {
+                Tensor::zeros(shape.as_slice(), DType::F32, dev)?
+            } else {
+                let (fan_in, fan_out) = glorot_fans(&shape, key.contains("deconv"));
+                let rows = shape[0];
+                let cols: usize = shape[1..].iter().product();
+                init::glorot_uniform((rows, cols), fan_in, fan_out, rng, dev)?
+                    .reshape(shape.as_slice())?
+            };
+            params.push(Var::from_tensor(&t)?);
+        }
+        Ok(Self { config, params })
+    }
+
+    /// From saved weights, checking every key and shape.
+    pub fn from_tensors(
+        config: VaeConfig,
+        weights: &std::collections::HashMap<String, Tensor>,
+        dev: &Device,
+    ) -> Result<Self> {
+        let mut params = Vec::new();
+        for (key, shape) in layout(config.latent_dim) {
+            let Some(t) = weights.get(key) else {
+                bail!("weights lack `{key}`")
+            };
+            if t.dims() != shape.as_slice() {
+                bail!("`{key}` has shape {:?}, expected {shape:?}", t.dims())
+            }
+            params.push(Var::from_tensor(&t.to_device(dev)?.to_dtype(DType::F32)?)?);
+        }
+        Ok(Self { config, params })
+    }
+
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        layout(self.config.latent_dim)
+            .into_iter()
+            .zip(&self.params)
+            .map(|((k, _), v)| (k.to_string(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    pub fn vars(&self) -> Vec<Var> {
+        self.params.clone()
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        self.params.iter().map(|p| p.elem_count()).sum()
+    }
+
+    fn p(&self, i: usize) -> &Tensor {
+        self.params[i].as_tensor()
+    }
+
+    fn conv(&self, x: &Tensor, w: usize, padding: usize, stride: usize) -> Result<Tensor> {
+        let cfg = Conv2dConfig {
+            padding,
+            stride,
+            dilation: 1,
+            groups: 1,
+            cudnn_fwd_algo: None,
+        };
+        x.conv2d(self.p(w), cfg.padding, cfg.stride, cfg.dilation, cfg.groups)?
+            .broadcast_add(&self.p(w + 1).reshape((1, (), 1, 1))?)
+    }
+
+    fn dense(&self, x: &Tensor, w: usize) -> Result<Tensor> {
+        x.matmul(&self.p(w).t()?)?.broadcast_add(self.p(w + 1))
+    }
+
+    /// `images` (B, 1, 28, 28) with pixels in [0, 1].
+    pub fn encode(&self, images: &Tensor) -> Result<Encoded> {
+        let (b, c, h, w) = images.dims4()?;
+        if (c, h, w) != (1, SIDE, SIDE) {
+            bail!(
+                "the VAE takes (B, 1, 28, 28) images, got {:?}",
+                images.dims()
+            )
+        }
+        let x = self.conv(images, 0, 1, 1)?.relu()?;
+        // Keras `same` at stride 2 on 28: pad 0 before and 1 after on each axis.
+        let x = x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?;
+        let x = self.conv(&x, 2, 0, 2)?.relu()?;
+        let x = self.conv(&x, 4, 1, 1)?.relu()?;
+        let x = self.conv(&x, 6, 1, 1)?.relu()?;
+        let x = self.dense(&x.reshape((b, ()))?, 8)?.relu()?;
+        Ok(Encoded {
+            z_mean: self.dense(&x, 10)?,
+            z_log_var: self.dense(&x, 12)?,
+        })
+    }
+
+    /// Decoder logits (B, 1, 28, 28) for latent points `z` (B, latent).
+    pub fn decode_logits(&self, z: &Tensor) -> Result<Tensor> {
+        let b = z.dim(0)?;
+        let x = self.dense(z, 14)?.relu()?.reshape((b, 64, HALF, HALF))?;
+        // Keras Conv2DTranspose(k=3, s=2, same) = padding 1, output_padding 1.
+        let cfg = ConvTranspose2dConfig {
+            padding: 1,
+            output_padding: 1,
+            stride: 2,
+            dilation: 1,
+        };
+        let x = x
+            .conv_transpose2d(
+                self.p(16),
+                cfg.padding,
+                cfg.output_padding,
+                cfg.stride,
+                cfg.dilation,
+            )?
+            .broadcast_add(&self.p(17).reshape((1, (), 1, 1))?)?
+            .relu()?;
+        self.conv(&x, 18, 1, 1)
+    }
+
+    /// Decoded images in [0, 1].
+    pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::sigmoid(&self.decode_logits(z)?)
+    }
+
+    /// The book's sampling: `z = z_mean + exp(z_log_var) · ε`.
+    pub fn sample(&self, enc: &Encoded, eps: &Tensor) -> Result<Tensor> {
+        enc.z_mean.add(&(enc.z_log_var.exp()? * eps)?)
+    }
+
+    /// Per-sample binary cross-entropy averaged over pixels, plus
+    /// `-kl_weight · mean(1 + log σ² − μ² − exp(log σ²))`, averaged over the batch.
+    pub fn loss(&self, images: &Tensor, eps: &Tensor) -> Result<VaeLoss> {
+        let enc = self.encode(images)?;
+        let z = self.sample(&enc, eps)?;
+        let logits = self.decode_logits(&z)?.flatten_from(1)?;
+        let target = images.flatten_from(1)?;
+        // Stable BCE from logits: max(x, 0) − x·t + log(1 + exp(−|x|)).
+        let bce = ((logits.relu()? - (&logits * &target)?)?
+            + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+        let reconstruction = bce.mean(D::Minus1)?;
+        let (mu, lv) = (&enc.z_mean, &enc.z_log_var);
+        let kl_terms = (((lv + 1.0)? - mu.sqr()?)? - lv.exp()?)?;
+        let kl = (kl_terms.mean(D::Minus1)? * (-self.config.kl_weight))?;
+        Ok(VaeLoss {
+            total: (&reconstruction + &kl)?.mean_all()?,
+            reconstruction: reconstruction.mean_all()?,
+            kl: kl.mean_all()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oneiro_tensor_ops::{RmsProp, RmsPropConfig};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn vae(latent: usize) -> Vae {
+        Vae::new_random(
+            VaeConfig {
+                latent_dim: latent,
+                ..Default::default()
+            },
+            &mut ChaCha8Rng::seed_from_u64(0),
+            &Device::Cpu,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn shapes_follow_the_book() -> Result<()> {
+        let m = vae(2);
+        let x = Tensor::rand(0f32, 1f32, (3, 1, 28, 28), &Device::Cpu)?;
+        let enc = m.encode(&x)?;
+        assert_eq!(enc.z_mean.dims(), &[3, 2]);
+        assert_eq!(m.decode(&enc.z_mean)?.dims(), &[3, 1, 28, 28]);
+        // Keras' count for the same layers: encoder convs 320 + 18,496 + 36,928 + 36,928,
+        // dense 401,440, heads 66 + 66; decoder dense 37,632, deconv 18,464, conv 289.
+        assert_eq!(m.parameter_count(), 494_244 + 56_385);
+        assert!(
+            m.encode(&Tensor::zeros((1, 1, 27, 28), DType::F32, &Device::Cpu)?)
+                .is_err()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_loss_matches_its_formula_and_training_lowers_it() -> Result<()> {
+        let m = vae(2);
+        let x = (Tensor::rand(0f32, 1f32, (4, 1, 28, 28), &Device::Cpu)?
+            .ge(0.7)?
+            .to_dtype(DType::F32))?;
+        let eps = Tensor::zeros((4, 2), DType::F32, &Device::Cpu)?;
+        let l = m.loss(&x, &eps)?;
+        // Recompute from the decoded probabilities (eps = 0: z = z_mean).
+        let enc = m.encode(&x)?;
+        let p = m.decode(&enc.z_mean)?.flatten_from(1)?.to_vec2::<f32>()?;
+        let t = x.flatten_from(1)?.to_vec2::<f32>()?;
+        let mut bce = 0f64;
+        for (pr, tr) in p.iter().zip(&t) {
+            for (&pi, &ti) in pr.iter().zip(tr) {
+                let pi = pi.clamp(1e-7, 1.0 - 1e-7) as f64;
+                bce -= ti as f64 * pi.ln() + (1.0 - ti as f64) * (1.0 - pi).ln();
+            }
+        }
+        let bce = bce / (4.0 * 784.0);
+        let got = l.reconstruction.to_scalar::<f32>()? as f64;
+        assert!((got - bce).abs() < 1e-4, "{got} vs {bce}");
+        let mu = enc.z_mean.to_vec2::<f32>()?;
+        let lv = enc.z_log_var.to_vec2::<f32>()?;
+        let kl: f64 = mu
+            .iter()
+            .zip(&lv)
+            .map(|(m, v)| {
+                -5e-4
+                    * m.iter()
+                        .zip(v)
+                        .map(|(&m, &v)| 1.0 + v as f64 - (m * m) as f64 - (v as f64).exp())
+                        .sum::<f64>()
+                    / 2.0
+            })
+            .sum::<f64>()
+            / 4.0;
+        assert!((l.kl.to_scalar::<f32>()? as f64 - kl).abs() < 1e-7);
+
+        let mut opt = RmsProp::new(m.vars(), RmsPropConfig::default())?;
+        let first = l.total.to_scalar::<f32>()?;
+        for _ in 0..20 {
+            let l = m.loss(&x, &eps)?;
+            opt.step(&l.total.backward()?)?;
+        }
+        let last = m.loss(&x, &eps)?.total.to_scalar::<f32>()?;
+        assert!(last < first - 0.02, "{first} -> {last}");
+        Ok(())
+    }
+
+    #[test]
+    fn weights_round_trip() -> Result<()> {
+        let m = vae(3);
+        let saved = m.tensors().into_iter().collect();
+        let back = Vae::from_tensors(m.config.clone(), &saved, &Device::Cpu)?;
+        let z = Tensor::ones((2, 3), DType::F32, &Device::Cpu)?;
+        let d = (m.decode(&z)? - back.decode(&z)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert_eq!(d, 0.0);
+        assert!(Vae::from_tensors(VaeConfig::default(), &saved, &Device::Cpu).is_err());
+        Ok(())
+    }
+}
