@@ -257,7 +257,8 @@ async fn a_full_queue_answers_resource_exhausted_at_once() {
             break;
         }
     }
-    let _waiting = client.train(slow_training("b", 1)).await.unwrap();
+    let mut waiting = client.train(slow_training("b", 1)).await.unwrap();
+    let b_id = next_event(&mut waiting).await.job_id;
     let t0 = std::time::Instant::now();
     let err = client.train(slow_training("c", 1)).await.unwrap_err();
     assert_eq!(code(err), Code::ResourceExhausted);

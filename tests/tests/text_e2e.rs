@@ -288,7 +288,7 @@ async fn bad_requests_get_clear_errors_and_the_daemon_keeps_serving() {
                 ..train_err("", "d")
             },
             Code::InvalidArgument,
-            "/nonexistent/corpus.txt",
+            "--corpus-root",
         ),
         (
             pb::TrainRequest {
@@ -424,20 +424,47 @@ async fn bad_requests_get_clear_errors_and_the_daemon_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corpus_can_be_read_from_the_servers_disk_and_reflection_lists_the_api() {
     let state = tempfile::tempdir().unwrap();
-    let path = state.path().join("corpus.txt");
-    std::fs::write(&path, SENTENCE.repeat(8)).unwrap();
-    let (daemon, mut client) = start(state.path(), |_| {}).await;
-    let mut req = train_request("disk", "", 1);
-    req.data = Some(pb::train_request::Data::Text(pb::TextCorpus {
-        source: Some(pb::text_corpus::Source::ServerPath(
-            path.to_string_lossy().into(),
-        )),
-    }));
-    let events = train_to_end(&mut client, req).await.unwrap();
+    let root = state.path().join("corpora");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("sub/corpus.txt"), SENTENCE.repeat(8)).unwrap();
+    std::fs::write(state.path().join("secret.txt"), SENTENCE.repeat(8)).unwrap();
+    let r = root.clone();
+    let (daemon, mut client) = start(state.path(), move |c| c.corpus_root = Some(r)).await;
+    let from_disk = |p: &str| {
+        let mut req = train_request("disk", "", 1);
+        req.data = Some(pb::train_request::Data::Text(pb::TextCorpus {
+            source: Some(pb::text_corpus::Source::ServerPath(p.into())),
+        }));
+        req
+    };
+    let events = train_to_end(&mut client, from_disk("sub/corpus.txt"))
+        .await
+        .unwrap();
     assert!(matches!(
         events.last(),
         Some(pb::train_event::Event::Finished(_))
     ));
+    // Nothing outside the corpus root, however it is spelled; no special files.
+    let outside = [
+        "../secret.txt".to_string(),
+        state
+            .path()
+            .join("secret.txt")
+            .to_string_lossy()
+            .into_owned(),
+        "/etc/passwd".into(),
+        "sub".into(),
+        "/dev/zero".into(),
+    ];
+    for p in outside {
+        let err = train_to_end(&mut client, from_disk(&p)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{p}: {err:?}");
+        assert!(
+            err.message().contains("outside the daemon's corpus root")
+                || err.message().contains("not a regular file"),
+            "{p}: {err:?}"
+        );
+    }
 
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,

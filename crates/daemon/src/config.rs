@@ -32,6 +32,9 @@ pub struct DaemonConfig {
     pub memory_budget_bytes: usize,
     /// Serve TLS (rustls) with this certificate chain and private key (PEM files).
     pub tls: Option<TlsFiles>,
+    /// Train requests may name corpus files under this directory (and nowhere else);
+    /// `None` turns server-side corpora off.
+    pub corpus_root: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -75,6 +78,7 @@ impl DaemonConfig {
             metrics_listen: None,
             memory_budget_bytes: 2 << 30,
             tls: None,
+            corpus_root: None,
         }
     }
 }

@@ -15,6 +15,12 @@ pub enum ServiceError {
     Busy(String),
     #[error("the device worker has stopped")]
     WorkerGone,
+    /// A bug surfaced as a panic; the daemon keeps serving.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// A model that does not fit the device's memory budget.
+    #[error("{0}")]
+    OverBudget(String),
 }
 
 impl From<ServiceError> for Status {
@@ -34,6 +40,8 @@ impl From<ServiceError> for Status {
             ServiceError::QueueFull { .. } => Code::ResourceExhausted,
             ServiceError::Busy(_) => Code::FailedPrecondition,
             ServiceError::WorkerGone => Code::Unavailable,
+            ServiceError::OverBudget(_) => Code::ResourceExhausted,
+            ServiceError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
     }

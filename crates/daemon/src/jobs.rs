@@ -73,13 +73,18 @@ struct JobFile {
     updated_unix: i64,
 }
 
+/// An event with its position in the job's history, so a watcher that falls behind
+/// the live feed can fetch exactly what it missed.
+pub type Numbered = (u64, pb::TrainEvent);
+
 struct Inner {
     file: JobFile,
     /// `accepted` and `started` of the current run, always replayed.
-    head: Vec<pb::TrainEvent>,
-    recent: VecDeque<pb::TrainEvent>,
+    head: Vec<Numbered>,
+    recent: VecDeque<Numbered>,
+    next_seq: u64,
     /// Live while the job is queued or running.
-    live: Option<broadcast::Sender<pb::TrainEvent>>,
+    live: Option<broadcast::Sender<Numbered>>,
 }
 
 pub struct Job {
@@ -100,8 +105,8 @@ fn now_unix() -> i64 {
 
 /// What a watcher gets: the events so far, then the live feed (if the job is active).
 pub struct Subscription {
-    pub replay: Vec<pb::TrainEvent>,
-    pub live: Option<broadcast::Receiver<pb::TrainEvent>>,
+    pub replay: Vec<Numbered>,
+    pub live: Option<broadcast::Receiver<Numbered>>,
 }
 
 impl Job {
@@ -179,16 +184,18 @@ impl Job {
             job_id: self.id.clone(),
             event: Some(event),
         };
+        let seq = g.next_seq;
+        g.next_seq += 1;
         if matches!(msg.event, Some(Event::Accepted(_) | Event::Started(_))) {
-            g.head.push(msg.clone());
+            g.head.push((seq, msg.clone()));
         } else {
             if g.recent.len() == HISTORY {
                 g.recent.pop_front();
             }
-            g.recent.push_back(msg.clone());
+            g.recent.push_back((seq, msg.clone()));
         }
         if let Some(tx) = &g.live {
-            let _ = tx.send(msg);
+            let _ = tx.send((seq, msg));
         }
         if persist {
             self.persist(&g.file);
@@ -222,6 +229,17 @@ impl Job {
         }
     }
 
+    /// Events after `seq` still in the history (for a watcher that lagged behind).
+    pub fn since(&self, seq: Option<u64>) -> Vec<Numbered> {
+        let g = self.lock();
+        g.head
+            .iter()
+            .chain(g.recent.iter())
+            .filter(|(s, _)| seq.is_none_or(|l| *s > l))
+            .cloned()
+            .collect()
+    }
+
     /// The status a watcher's stream ends with once the feed closes.
     pub fn final_status(&self) -> Option<Status> {
         let g = self.lock();
@@ -243,10 +261,14 @@ impl Job {
         self.stop.lock().expect("job stop poisoned").clone()
     }
 
-    /// Re-arms a stopped job for another run.
-    fn rearm(&self, options: TextTrainOptions) {
-        *self.stop.lock().expect("job stop poisoned") = None;
+    /// Re-arms a stopped job for another run; false if it is active (someone else
+    /// re-armed it first).
+    fn rearm(&self, options: TextTrainOptions) -> bool {
         let mut g = self.lock();
+        if g.file.state.is_active() {
+            return false;
+        }
+        *self.stop.lock().expect("job stop poisoned") = None;
         g.file.state = JobState::Queued;
         g.file.options = options;
         g.file.message.clear();
@@ -255,6 +277,21 @@ impl Job {
         g.recent.clear();
         g.live = Some(broadcast::channel(HISTORY).0);
         self.persist(&g.file);
+        true
+    }
+
+    /// Ends a job that has not started yet, at once; false if it already runs.
+    pub fn cancel_if_queued(&self, reason: &str) -> bool {
+        if self.state() != JobState::Queued {
+            return false;
+        }
+        self.request_stop(JobState::Cancelled, reason);
+        self.finish(JobState::Cancelled, reason.to_string(), Code::Cancelled);
+        true
+    }
+
+    pub fn target_epoch(&self) -> u32 {
+        self.lock().file.target_epoch
     }
 }
 
@@ -289,6 +326,7 @@ impl JobManager {
                     file,
                     head: vec![],
                     recent: VecDeque::new(),
+                    next_seq: 0,
                     live: None,
                 }),
                 stop: Mutex::new(None),
@@ -325,8 +363,6 @@ impl JobManager {
     ) -> Result<Arc<Job>, ServiceError> {
         let id = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let dir = self.dir.join(&id);
-        std::fs::create_dir_all(&dir).map_err(oneiro_trainer::Error::from)?;
-        write_atomic(&dir.join("corpus.txt"), corpus.as_bytes())?;
         let now = now_unix();
         let file = JobFile {
             id: id.clone(),
@@ -353,15 +389,34 @@ impl JobManager {
                 file,
                 head: vec![],
                 recent: VecDeque::new(),
+                next_seq: 0,
                 live: Some(broadcast::channel(HISTORY).0),
             }),
             stop: Mutex::new(None),
         });
+        // The busy check and the insert under one lock: two requests for one model
+        // cannot both get a job.
+        {
+            let mut table = self.lock();
+            if table
+                .values()
+                .any(|j| j.model == model && j.state().is_active())
+            {
+                return Err(ServiceError::Busy(model.to_string()));
+            }
+            table.insert(id.clone(), job.clone());
+        }
+        let written = std::fs::create_dir_all(&job.dir)
+            .map_err(oneiro_trainer::Error::from)
+            .and_then(|_| write_atomic(&job.dir.join("corpus.txt"), corpus.as_bytes()));
+        if let Err(e) = written {
+            self.discard(&job);
+            return Err(e.into());
+        }
         job.persist(&job.lock().file);
         job.publish(pb::train_event::Event::Accepted(pb::JobAccepted {
             model: model.to_string(),
         }));
-        self.lock().insert(id, job.clone());
         self.prune();
         Ok(job)
     }
@@ -414,12 +469,6 @@ impl JobManager {
     /// Prepares a stopped job to run again for the epochs it has left.
     pub fn rearm(&self, job: &Job, epochs_trained: u32) -> Result<(), ServiceError> {
         let state = job.state();
-        if state.is_active() {
-            return Err(ServiceError::InvalidArgument(format!(
-                "job {} is still {:?}",
-                job.id, state
-            )));
-        }
         if state == JobState::Finished {
             return Err(oneiro_trainer::Error::FailedPrecondition(format!(
                 "job {} has finished",
@@ -427,7 +476,7 @@ impl JobManager {
             ))
             .into());
         }
-        let target = job.lock().file.target_epoch;
+        let target = job.target_epoch();
         if epochs_trained >= target {
             return Err(oneiro_trainer::Error::FailedPrecondition(format!(
                 "model {:?} already has {epochs_trained} epochs; job {} aimed at {target}",
@@ -437,7 +486,23 @@ impl JobManager {
         }
         let mut options = job.options();
         options.epochs = target - epochs_trained;
-        job.rearm(options);
+        {
+            // Under the table lock: no other job may become active on this model meanwhile.
+            let table = self.lock();
+            if table
+                .values()
+                .any(|j| j.model == job.model && j.id != job.id && j.state().is_active())
+            {
+                return Err(ServiceError::Busy(job.model.clone()));
+            }
+            if !job.rearm(options) {
+                return Err(oneiro_trainer::Error::FailedPrecondition(format!(
+                    "job {} is already queued or running",
+                    job.id
+                ))
+                .into());
+            }
+        }
         job.publish(pb::train_event::Event::Accepted(pb::JobAccepted {
             model: job.model.clone(),
         }));

@@ -57,6 +57,10 @@ struct Args {
     /// models are unloaded past it.
     #[arg(long, default_value_t = 2048)]
     memory_budget_mib: usize,
+    /// Let Train requests name corpus files under this directory (off by default: a
+    /// client could otherwise read any file the daemon can).
+    #[arg(long, env = "ONEIRO_CORPUS_ROOT")]
+    corpus_root: Option<PathBuf>,
     /// Serve TLS with this PEM certificate chain (needs --tls-key).
     #[arg(long, env = "ONEIRO_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -94,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
     config.max_streams = args.max_streams;
     config.metrics_listen = args.metrics_listen;
     config.memory_budget_bytes = args.memory_budget_mib << 20;
+    config.corpus_root = args.corpus_root;
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(oneiro_daemon::config::TlsFiles { cert, key });
     }

@@ -92,25 +92,36 @@ fn watch(job: Arc<TrainJob>, cancel_on_disconnect: bool) -> EventStream<pb::Trai
             };
             let _ = tx.send(Ok(ev)).await;
         }
-        for ev in sub.replay {
+        // Events go out in order, each once: `last` is the newest sequence number sent.
+        let mut last = None::<u64>;
+        for (seq, ev) in sub.replay {
+            last = Some(seq);
             if tx.send(Ok(ev)).await.is_err() {
                 return gone(&job);
             }
         }
         if let Some(mut live) = sub.live {
             loop {
-                tokio::select! {
+                let batch = tokio::select! {
                     r = live.recv() => match r {
-                        Ok(ev) => {
-                            if tx.send(Ok(ev)).await.is_err() {
-                                return gone(&job);
-                            }
+                        Ok(numbered) => vec![numbered],
+                        // Fell behind the live feed: fetch what was missed from the
+                        // history instead (only progress older than it can be lost).
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            job.since(last)
                         }
-                        // A slow reader misses some progress events, not the stream.
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                     },
                     _ = tx.closed() => return gone(&job),
+                };
+                for (seq, ev) in batch {
+                    if last.is_some_and(|l| seq <= l) {
+                        continue;
+                    }
+                    last = Some(seq);
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return gone(&job);
+                    }
                 }
             }
         }
@@ -211,49 +222,81 @@ impl OneiroService {
             .map_err(Status::from)
     }
 
-    fn read_corpus(&self, req: &pb::TrainRequest) -> Result<String, ServiceError> {
+    async fn read_corpus(&self, req: &pb::TrainRequest) -> Result<String, Status> {
         let invalid = ServiceError::InvalidArgument;
         let source = match &req.data {
             Some(pb::train_request::Data::Text(c)) => c.source.as_ref(),
             None => None,
         };
+        let max = self.config.max_corpus_bytes;
         let text = match source {
             Some(pb::text_corpus::Source::Text(t)) => t.clone(),
             Some(pb::text_corpus::Source::ServerPath(p)) => {
-                let path = Path::new(p);
-                let meta = std::fs::metadata(path)
-                    .map_err(|e| invalid(format!("cannot read corpus {p:?}: {e}")))?;
-                if meta.len() as usize > self.config.max_corpus_bytes {
-                    return Err(invalid(format!(
-                        "corpus {p:?} has {} bytes, over the limit of {}",
-                        meta.len(),
-                        self.config.max_corpus_bytes
-                    )));
-                }
-                let bytes = std::fs::read(path)
-                    .map_err(|e| invalid(format!("cannot read corpus {p:?}: {e}")))?;
-                String::from_utf8(bytes).map_err(|e| {
-                    invalid(format!(
-                        "corpus {p:?} is not UTF-8 text (invalid byte at offset {})",
-                        e.utf8_error().valid_up_to()
-                    ))
-                })?
+                let Some(root) = self.config.corpus_root.clone() else {
+                    return Err(invalid(
+                        "reading corpora from the daemon's disk is off; start oneirod with --corpus-root DIR".into(),
+                    )
+                    .into());
+                };
+                let p = p.clone();
+                self.with_store(move |_| read_server_corpus(&root, &p, max))
+                    .await?
             }
             None => {
-                return Err(invalid(
-                    "the request has no corpus: send text or a server path".into(),
-                ));
+                return Err(
+                    invalid("the request has no corpus: send text or a server path".into()).into(),
+                );
             }
         };
-        if text.len() > self.config.max_corpus_bytes {
+        if text.len() > max {
             return Err(invalid(format!(
-                "the corpus has {} bytes, over the limit of {}",
-                text.len(),
-                self.config.max_corpus_bytes
-            )));
+                "the corpus has {} bytes, over the limit of {max}",
+                text.len()
+            ))
+            .into());
         }
         Ok(text)
     }
+}
+
+/// A corpus from the daemon's disk: only a regular file under `root` (after resolving
+/// links and `..`), at most `max` bytes, UTF-8. Paths are relative to `root`.
+fn read_server_corpus(root: &Path, p: &str, max: usize) -> Result<String, ServiceError> {
+    use std::io::Read;
+    let invalid = ServiceError::InvalidArgument;
+    let root = root.canonicalize().map_err(|e| {
+        invalid(format!(
+            "the corpus root {} is unusable: {e}",
+            root.display()
+        ))
+    })?;
+    let path = root
+        .join(p)
+        .canonicalize()
+        .map_err(|e| invalid(format!("cannot read corpus {p:?}: {e}")))?;
+    if !path.starts_with(&root) {
+        return Err(invalid(format!(
+            "corpus {p:?} is outside the daemon's corpus root"
+        )));
+    }
+    if !path.is_file() {
+        return Err(invalid(format!("corpus {p:?} is not a regular file")));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|f| f.take(max as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| invalid(format!("cannot read corpus {p:?}: {e}")))?;
+    if bytes.len() > max {
+        return Err(invalid(format!(
+            "corpus {p:?} is over the limit of {max} bytes"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        invalid(format!(
+            "corpus {p:?} is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
 }
 
 /// Creates the model when asked to, or checks that explicitly requested settings match
@@ -425,7 +468,7 @@ impl Oneiro for OneiroService {
         if self.jobs.active_for(&req.model).is_some() {
             return Err(ServiceError::Busy(req.model).into());
         }
-        let corpus = self.read_corpus(&req)?;
+        let corpus = self.read_corpus(&req).await?;
         let req = Arc::new(req);
         let (r, corpus) = (req.clone(), Arc::new(corpus));
         let c = corpus.clone();
@@ -467,7 +510,9 @@ impl Oneiro for OneiroService {
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::JobInfo>, Status> {
         let job = self.jobs.get(&req.into_inner().job_id)?;
-        if !job.request_stop(JobState::Cancelled, "cancelled by request") {
+        if !job.cancel_if_queued("cancelled by request")
+            && !job.request_stop(JobState::Cancelled, "cancelled by request")
+        {
             return Err(Status::failed_precondition(format!(
                 "job {} is not queued or running",
                 job.id

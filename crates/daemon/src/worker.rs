@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
 use tonic::Status;
-use tracing::{Span, info, warn};
+use tracing::{Span, error, info, warn};
 
 use crate::convert;
 use crate::device::DeviceSpec;
@@ -157,6 +157,35 @@ struct Worker {
     resident: Residency<CharGenerator>,
 }
 
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// Sends one reply, waiting at most [`SEND_TIMEOUT`] for a client that does not read:
+/// the device thread must never wait on one client forever.
+fn send_within<T>(tx: &Reply<T>, mut msg: Result<T, Status>) -> bool {
+    let deadline = Instant::now() + SEND_TIMEOUT;
+    loop {
+        match tx.try_send(msg) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(back)) => {
+                if Instant::now() >= deadline {
+                    warn!("a client stopped reading its stream; dropping it");
+                    return false;
+                }
+                msg = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Publishes trainer events to the job (its watchers and its replay buffer), and stops
 /// the run when the job is cancelled or the daemon shuts down.
 struct JobSink<'a> {
@@ -194,11 +223,28 @@ impl Worker {
             match job {
                 Job::Train { job, options, span } => {
                     let _g = span.enter();
-                    self.train(&job, &options);
+                    // A panic in tensor code must not leave the job running forever or
+                    // take the device down: fail the job and keep serving.
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.train(&job, &options)
+                    }));
+                    if let Err(panic) = run {
+                        error!(job = %job.id, panic = panic_message(&panic), "training panicked");
+                        self.resident.remove(&job.model);
+                        let msg = format!("internal error: {}", panic_message(&panic));
+                        job.finish(JobState::Failed, msg, tonic::Code::Internal);
+                    }
                 }
                 Job::Load { model, reply } => {
                     let was = self.resident.contains(&model);
-                    let _ = reply.send(self.generator(&model).map(|_| was));
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.generator(&model)
+                    }));
+                    let result = match run {
+                        Ok(r) => r.map(|_| was),
+                        Err(panic) => Err(ServiceError::Internal(panic_message(&panic))),
+                    };
+                    let _ = reply.send(result);
                 }
                 Job::Unload { model, reply } => {
                     let _ = reply.send(self.resident.remove(&model));
@@ -216,10 +262,16 @@ impl Worker {
                     if chunks.is_closed() {
                         continue;
                     }
-                    if let Err(e) =
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         self.generate(&model, &seed_text, temperature, length, seed, &chunks)
-                    {
-                        let _ = chunks.blocking_send(Err(e.into()));
+                    }));
+                    let result = run.unwrap_or_else(|panic| {
+                        error!(model = %model, panic = panic_message(&panic), "generation panicked");
+                        self.resident.remove(&model);
+                        Err(ServiceError::Internal(panic_message(&panic)))
+                    });
+                    if let Err(e) = result {
+                        let _ = chunks.try_send(Err(e.into()));
                     }
                 }
             }
@@ -228,6 +280,12 @@ impl Worker {
     }
 
     fn train(&mut self, job: &TrainJob, options: &TextTrainOptions) {
+        if job.state() != JobState::Queued {
+            return; // cancelled while it waited
+        }
+        if self.stopping.load(Ordering::SeqCst) {
+            job.request_stop(JobState::Interrupted, "the daemon is shutting down");
+        }
         if let Some((state, why)) = job.stop_requested() {
             job.finish(state, why, tonic::Code::Cancelled);
             return;
@@ -255,6 +313,15 @@ impl Worker {
         match result {
             Ok(r) => {
                 info!(job = %job.id, model = %job.model, epochs = r.epochs_trained, "training finished");
+                job.finish(JobState::Finished, String::new(), tonic::Code::Ok);
+            }
+            Err(oneiro_trainer::Error::Cancelled(_))
+                if self
+                    .store
+                    .load(&job.model)
+                    .is_ok_and(|r| r.epochs_trained >= job.target_epoch()) =>
+            {
+                // Stopped while sampling after its last epoch: the training itself is done.
                 job.finish(JobState::Finished, String::new(), tonic::Code::Ok);
             }
             Err(oneiro_trainer::Error::Cancelled(why)) => {
@@ -293,7 +360,7 @@ impl Worker {
         let evicted = self
             .resident
             .insert(name, key, g.clone(), g.resident_bytes())
-            .map_err(|e| ServiceError::Trainer(oneiro_trainer::Error::FailedPrecondition(e)))?;
+            .map_err(ServiceError::OverBudget)?;
         for other in evicted {
             info!(model = %other, "unloaded to stay within the memory budget");
         }
@@ -336,7 +403,7 @@ impl Worker {
                 text: std::mem::take(pending),
                 seed_text: first.take().unwrap_or_default(),
             };
-            chunks.blocking_send(Ok(chunk)).is_ok()
+            send_within(chunks, Ok(chunk))
         };
         let metrics = self.metrics.clone();
         let drawn = generator.generate(&seed_ids, temperature, length, &mut rng, &mut |c| {
@@ -355,7 +422,7 @@ impl Worker {
             let msg = format!(
                 "the daemon is shutting down; generation stopped after {drawn} of {length} characters"
             );
-            let _ = chunks.blocking_send(Err(Status::unavailable(msg)));
+            let _ = send_within(chunks, Err(Status::unavailable(msg)));
         }
         Ok(())
     }

@@ -50,6 +50,12 @@ pub struct EpochProgress {
     /// Running sum of batch loss × batch size, and sequences seen, for the epoch mean.
     pub loss_sum: f64,
     pub seen: u64,
+    /// The run's shape: a later run continues this epoch only if its batches are the
+    /// same (same batch size over the same training windows).
+    #[serde(default)]
+    pub batch_size: u64,
+    #[serde(default)]
+    pub train_sequences: u64,
 }
 
 /// A model's description, `model.json`.
@@ -288,20 +294,27 @@ impl ModelStore {
         next.updated_unix = now_unix();
         self.write_record(&next)?;
         *record = next;
-        self.prune(&ckpts)?;
+        self.prune(&ckpts, revision)?;
         Ok(id)
     }
 
-    fn prune(&self, ckpts: &Path) -> Result<()> {
-        let mut ids: Vec<String> = fs::read_dir(ckpts)?
+    /// Keeps the current checkpoint and the newest older one; removes the rest (by
+    /// revision number, not name order), including any newer leftovers that no
+    /// description points to.
+    fn prune(&self, ckpts: &Path, current: u64) -> Result<()> {
+        let mut revs: Vec<(u64, String)> = fs::read_dir(ckpts)?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with('.'))
+            .filter_map(|n| Some((n.split('-').next()?.parse::<u64>().ok()?, n)))
             .collect();
-        ids.sort();
-        let excess = ids.len().saturating_sub(KEEP_CHECKPOINTS);
-        for old in &ids[..excess] {
-            fs::remove_dir_all(ckpts.join(old))?;
+        revs.sort();
+        let older: Vec<&(u64, String)> = revs.iter().filter(|(r, _)| *r < current).collect();
+        let keep_older = older.len().saturating_sub(KEEP_CHECKPOINTS - 1);
+        for (rev, name) in &revs {
+            let keep = *rev == current || older[keep_older..].iter().any(|(r, _)| r == rev);
+            if !keep {
+                fs::remove_dir_all(ckpts.join(name))?;
+            }
         }
         Ok(())
     }
@@ -364,6 +377,20 @@ mod tests {
         assert_eq!(w["w"].to_vec1::<f32>()?, vec![3.0]);
         let kept = fs::read_dir(tmp.path().join("models/m/checkpoints"))?.count();
         assert_eq!(kept, 2);
+        // A leftover that sorts after the current one by name must not win.
+        fs::create_dir_all(tmp.path().join("models/m/checkpoints/000057-epoch0009"))?;
+        rec.epochs_trained = 4;
+        let w = vec![("w".to_string(), Tensor::new(&[4f32], &Device::Cpu)?)];
+        let id = store.save_checkpoint(&mut rec, &w, &[])?;
+        assert_eq!(
+            store.load_checkpoint(&store.load("m")?, &Device::Cpu)?.0["w"].to_vec1::<f32>()?,
+            vec![4.0]
+        );
+        let mut left: Vec<String> = fs::read_dir(tmp.path().join("models/m/checkpoints"))?
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["000003-epoch0003".to_string(), id]);
         assert_eq!(store.list()?.len(), 1);
         store.delete("m")?;
         assert!(matches!(store.load("m"), Err(Error::NotFound(_))));

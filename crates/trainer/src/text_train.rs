@@ -255,6 +255,8 @@ pub fn train_char_lstm(
                         step: step as u32,
                         loss_sum,
                         seen: seen as u64,
+                        batch_size: opts.batch_size as u64,
+                        train_sequences: train_ws.len() as u64,
                     });
                     let checkpoint = save(&mut record, &model, &opt)?;
                     let _ = sink.send(TrainEvent::Checkpoint {
@@ -319,6 +321,8 @@ pub fn train_char_lstm(
                     step: done as u32,
                     loss_sum,
                     seen: seen as u64,
+                    batch_size: opts.batch_size as u64,
+                    train_sequences: train_ws.len() as u64,
                 });
                 let checkpoint = save(&mut record, &model, &opt)?;
                 saved_at = done;
@@ -651,6 +655,42 @@ mod tests {
         })?;
         assert_eq!(started, Some((1, 23)));
         assert_eq!(resumed.epochs_trained, 2);
+        // A partial epoch is continued only with the same batches.
+        let (_c, store_c) = setup(CharLstmConfig {
+            maxlen: 8,
+            step: 1,
+            hidden: 8,
+            lowercase: true,
+        });
+        let mut counter2 = 0u32;
+        let stop_early = || {
+            counter2 += 1;
+            counter2 > 5
+        };
+        let stop_early = std::cell::RefCell::new(stop_early);
+        let f = || (stop_early.borrow_mut())();
+        let _ = train_char_lstm(
+            &store_c,
+            "m",
+            &corpus(),
+            &opts,
+            &Device::Cpu,
+            &mut StopAt(&mut |_| Ok(()), &f),
+        );
+        assert_eq!(store_c.load("m")?.progress.map(|p| p.step), Some(5));
+        let other = TextTrainOptions {
+            batch_size: 32,
+            epochs: 1,
+            ..opts.clone()
+        };
+        let mut first_step = None;
+        train_char_lstm(&store_c, "m", &corpus(), &other, &Device::Cpu, &mut |e| {
+            if let TrainEvent::Started { first_step: s, .. } = e {
+                first_step = Some(s);
+            }
+            Ok(())
+        })?;
+        assert_eq!(first_step, Some(0));
         assert_eq!(resumed.progress, None);
         assert_eq!(
             resumed.optimizer.as_ref().unwrap().iterations,
