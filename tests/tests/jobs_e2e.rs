@@ -284,6 +284,19 @@ async fn a_full_queue_answers_resource_exhausted_at_once() {
             .iter()
             .all(|j| j.model != "c")
     );
+    // Cancelling a job that waits in the queue ends it at once.
+    assert_eq!(
+        client.cancel_job(&b_id).await.unwrap().state(),
+        pb::JobState::Cancelled
+    );
+    let mut rest = Vec::new();
+    while let Some(ev) = waiting.message().await.unwrap() {
+        rest.push(ev.event);
+    }
+    assert!(
+        matches!(rest.last(), Some(Some(Event::Stopped(s))) if s.state() == pb::JobState::Cancelled),
+        "{rest:?}"
+    );
     for j in client.list_jobs().await.unwrap() {
         let _ = client.cancel_job(&j.job_id).await;
     }

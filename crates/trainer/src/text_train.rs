@@ -193,6 +193,18 @@ pub fn train_char_lstm(
         .progress
         .clone()
         .filter(|p| p.epoch == record.epochs_trained + 1);
+    // Continue a partial epoch only with the same batches; otherwise it restarts.
+    let resume = resume.filter(|p| {
+        let same =
+            p.batch_size == opts.batch_size as u64 && p.train_sequences == train_ws.len() as u64;
+        if !same {
+            tracing::warn!(
+                model = name,
+                "the partial epoch was run with other batches; restarting it"
+            );
+        }
+        same
+    });
     let first_epoch = record.epochs_trained + 1;
     let last_epoch = record.epochs_trained + opts.epochs;
     sink.send(TrainEvent::Started {
