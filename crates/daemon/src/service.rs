@@ -243,9 +243,10 @@ impl OneiroService {
                     .await?
             }
             None => {
-                return Err(
-                    invalid("the request has no corpus: send text or a server path".into()).into(),
-                );
+                return Err(invalid(
+                    "the request has no corpus: send text or a server path".into(),
+                )
+                .into());
             }
         };
         if text.len() > max {

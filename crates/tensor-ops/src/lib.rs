@@ -6,10 +6,12 @@
 //!   their state, which checkpoints need).
 //! - [`sampling`]: temperature reweighting and multinomial draws.
 //! - [`fastmath`]: vectorized exp/sigmoid/tanh used by the CPU kernels.
-//! - `smallgemm` (private): the AVX-512 kernel for the LSTM's small per-step matmuls.
+//! - `smallgemm` (private): the AVX-512 kernel for the LSTM's matmuls.
+//! - `pool` (private): recycled buffers for the CPU kernels.
 
 pub mod fastmath;
 pub mod lstm;
+mod pool;
 pub mod rmsprop;
 pub mod sampling;
 mod smallgemm;

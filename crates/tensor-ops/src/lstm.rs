@@ -15,10 +15,10 @@
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, bail};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::fastmath;
+use crate::pool::{self, PoolVec};
 use crate::smallgemm::{self, PackedRhs};
 
 /// The last hidden state `(B, H)` of an LSTM run from zero state over `ids` `(B, T)`.
@@ -70,60 +70,26 @@ pub fn lstm_last_hidden_reference(ids: &Tensor, table: &Tensor, w_hh: &Tensor) -
     Ok(hs)
 }
 
-/// `dst (m×n) [+]= lhs (m×k) · rhs (k×n)`, each operand given by a pointer and its row
-/// and column strides (in elements).
-///
-/// # Safety
-/// Every element addressed by the shapes and strides must be in bounds, and `dst` must
-/// not overlap `lhs` or `rhs`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: (*const f32, usize, usize),
-    rhs: (*const f32, usize, usize),
-    parallelism: Parallelism,
-) {
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.0,
-            lhs.2 as isize,
-            lhs.1 as isize,
-            rhs.0,
-            rhs.2 as isize,
-            rhs.1 as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
-}
-
 /// One thread's share of the batch: rows `b0 .. b0 + rows`, all time steps, laid out
-/// `(rows, T, ·)` so that the share is contiguous.
+/// step-major, `(T, rows, ·)`, so that one step of the share, and a run of consecutive
+/// steps, is one contiguous row-major block (the per-step products read and write whole
+/// blocks, and the weight gradient takes runs of steps as one product).
+///
+/// The large buffers come from [`pool`] and go back to it when the chunk is dropped
+/// (after the backward, or at once without `train`): they are the same sizes at every
+/// training step, and each is written in full before it is read, so reusing them skips
+/// the zeroing and page faults of fresh allocations.
 struct Chunk {
     b0: usize,
     rows: usize,
-    /// Gate activations `[i, f, g, o]`, `(rows, T, 4H)`.
-    acts: Vec<f32>,
-    /// Cell states, `(rows, T, H)`.
-    cs: Vec<f32>,
-    /// `tanh(c)`, `(rows, T, H)`.
-    tcs: Vec<f32>,
-    /// Hidden state entering step t (zero at t = 0), `(rows, T, H)`.
-    hprev: Vec<f32>,
+    /// Gate activations `[i, f, g, o]`, `(T, rows, 4H)`.
+    acts: PoolVec,
+    /// Cell states, `(T, rows, H)`.
+    cs: PoolVec,
+    /// `tanh(c)`, `(T, rows, H)`.
+    tcs: PoolVec,
+    /// Hidden state entering step t (zero at t = 0), `(T, rows, H)`.
+    hprev: PoolVec,
     /// Final hidden state, `(rows, H)`.
     h_last: Vec<f32>,
 }
@@ -151,57 +117,63 @@ impl Chunk {
         w_hh_t: &PackedRhs,
     ) -> Chunk {
         let (t_len, h, g) = (d.t, d.h, d.g());
+        // Every element of `acts` (a table row, then the activations), `cs` and `tcs` is
+        // written at its step before anything reads it; of `hprev`, all but step 0 (the
+        // zero initial state), which is zeroed here.
         let mut c = Chunk {
             b0,
             rows,
-            acts: vec![0.0; rows * t_len * g],
-            cs: vec![0.0; rows * t_len * h],
-            tcs: vec![0.0; rows * t_len * h],
-            hprev: vec![0.0; rows * t_len * h],
+            acts: pool::take(t_len * rows * g),
+            cs: pool::take(t_len * rows * h),
+            tcs: pool::take(t_len * rows * h),
+            hprev: pool::take(t_len * rows * h),
             h_last: vec![0.0; rows * h],
         };
+        c.hprev[..rows * h].fill(0.0);
         let zeros = vec![0.0f32; h];
         for t in 0..t_len {
-            for r in 0..rows {
+            let gates = &mut c.acts[t * rows * g..(t + 1) * rows * g];
+            for (r, row) in gates.chunks_exact_mut(g).enumerate() {
                 let id = ids[(b0 + r) * t_len + t] as usize;
-                c.acts[(r * t_len + t) * g..][..g].copy_from_slice(&table[id * g..(id + 1) * g]);
+                row.copy_from_slice(&table[id * g..(id + 1) * g]);
             }
             if t > 0 {
                 // gates[r] += h_{t-1}[r] · W_hhᵀ
-                // SAFETY: the rows × 4H gate block of step t (row stride T·4H) and the
-                // rows × H hidden block of step t (row stride T·H) end inside `acts` and
+                // SAFETY: the rows × 4H gate block of step t (row stride 4H) and the
+                // rows × H hidden block of step t (row stride H) end inside `acts` and
                 // `hprev`, which are distinct buffers; W_hhᵀ is H × 4H as packed.
                 unsafe {
                     smallgemm::gemm_packed(
                         rows,
-                        c.acts.as_mut_ptr().add(t * g),
-                        t_len * g,
+                        gates.as_mut_ptr(),
+                        g,
                         true,
-                        c.hprev.as_ptr().add(t * h),
-                        t_len * h,
+                        c.hprev.as_ptr().add(t * rows * h),
+                        h,
                         w_hh_t,
                     );
                 }
             }
+            let at = t * rows * h;
+            let (cs_before, cs_t) = c.cs[..at + rows * h].split_at_mut(at);
+            let c_prev = if t == 0 {
+                None
+            } else {
+                Some(&cs_before[at - rows * h..])
+            };
+            let h_out = if t + 1 < t_len {
+                &mut c.hprev[at + rows * h..at + 2 * rows * h]
+            } else {
+                &mut c.h_last[..]
+            };
             for r in 0..rows {
-                let at = (r * t_len + t) * h;
-                let (before, rest) = c.cs.split_at_mut(at);
-                let c_prev = if t == 0 {
-                    &zeros[..]
-                } else {
-                    &before[at - h..]
-                };
-                let h_out = if t + 1 < t_len {
-                    &mut c.hprev[at + h..at + 2 * h]
-                } else {
-                    &mut c.h_last[r * h..(r + 1) * h]
-                };
+                let hr = r * h..(r + 1) * h;
                 fastmath::lstm_cell_forward(
-                    &mut c.acts[(r * t_len + t) * g..][..g],
-                    c_prev,
-                    &mut rest[..h],
-                    &mut c.tcs[at..at + h],
-                    h_out,
+                    &mut gates[r * g..(r + 1) * g],
+                    c_prev.map_or(&zeros[..], |cp| &cp[hr.clone()]),
+                    &mut cs_t[hr.clone()],
+                    &mut c.tcs[at..][hr.clone()],
+                    &mut h_out[hr],
                 );
             }
         }
@@ -210,6 +182,15 @@ impl Chunk {
 
     /// BPTT for this share: returns its contributions to d(table) `(V, 4H)` and
     /// d(W_hh) `(4H, H)`. `w_hh` is `W_hh` `(4H, H)`, packed.
+    ///
+    /// The gate gradients of a run of steps (about [`smallgemm::KC`] rows in all) are
+    /// kept in a block that stays in L2, and folded into dW_hh and d(table) when the run
+    /// is complete: one product `dgatesᵀ · hprev` over the whole run, with operands that
+    /// are still in cache. Kept for all steps instead (rows · T · 4H floats, 7.8 MB per
+    /// thread for the book's model), the gradients went out to L3 and were read back
+    /// twice, which cost ~6% of a training step; folded at every step instead, the
+    /// product would have a depth of only `rows` (a few with many threads) for each
+    /// pass over dW_hh.
     fn backward(
         &self,
         d: &Dims,
@@ -218,66 +199,80 @@ impl Chunk {
         grad_h: &[f32],
     ) -> (Vec<f32>, Vec<f32>) {
         let (t_len, h, g, rows) = (d.t, d.h, d.g(), self.rows);
-        let mut dgates = vec![0.0f32; rows * t_len * g];
+        // Steps per run: runs start at multiples of `run` (the last one, processed
+        // first, may be shorter).
+        let run = smallgemm::KC.div_ceil(rows).clamp(1, t_len);
+        // `(run, rows, 4H)`: step t of the current run at slot t - start. Every slot of
+        // a run is written by the cell backward before the run is folded.
+        let mut dgates = pool::take(run * rows * g);
         let mut dh = grad_h[self.b0 * h..(self.b0 + rows) * h].to_vec();
         let mut dc = vec![0.0f32; rows * h];
         let zeros = vec![0.0f32; h];
-        for t in (0..t_len).rev() {
-            for r in 0..rows {
-                let at = (r * t_len + t) * h;
-                let c_prev = if t == 0 {
-                    &zeros[..]
-                } else {
-                    &self.cs[at - h..at]
-                };
-                fastmath::lstm_cell_backward(
-                    &self.acts[(r * t_len + t) * g..][..g],
-                    c_prev,
-                    &self.tcs[at..at + h],
-                    &dh[r * h..(r + 1) * h],
-                    &mut dc[r * h..(r + 1) * h],
-                    &mut dgates[(r * t_len + t) * g..][..g],
-                );
-            }
-            if t > 0 {
-                // dh_{t-1} = dgates_t · W_hh
-                // SAFETY: the rows × 4H block of dgates at step t (row stride T·4H) ends
-                // inside `dgates`; dh is rows × H (row stride H), a separate buffer; W_hh is
-                // 4H × H as packed.
-                unsafe {
-                    smallgemm::gemm_packed(
-                        rows,
-                        dh.as_mut_ptr(),
-                        h,
-                        false,
-                        dgates.as_ptr().add(t * g),
-                        t_len * g,
-                        w_hh,
+        let mut dw = vec![0.0f32; g * h];
+        let mut dtable = vec![0.0f32; d.v * g];
+        for start in (0..t_len).step_by(run).rev() {
+            let steps = run.min(t_len - start);
+            for t in (start..start + steps).rev() {
+                let dg_t = &mut dgates[(t - start) * rows * g..][..rows * g];
+                let at = t * rows * h;
+                for r in 0..rows {
+                    let hr = r * h..(r + 1) * h;
+                    let c_prev = if t == 0 {
+                        &zeros[..]
+                    } else {
+                        &self.cs[at - rows * h..at][hr.clone()]
+                    };
+                    fastmath::lstm_cell_backward(
+                        &self.acts[t * rows * g..][r * g..(r + 1) * g],
+                        c_prev,
+                        &self.tcs[at..][hr.clone()],
+                        &dh[hr.clone()],
+                        &mut dc[hr],
+                        &mut dg_t[r * g..(r + 1) * g],
                     );
                 }
+                if t > 0 {
+                    // dh_{t-1} = dgates_t · W_hh
+                    // SAFETY: the rows × 4H block of dgates at step t (row stride 4H) is
+                    // `dg_t`; dh is rows × H (row stride H), a separate buffer; W_hh is
+                    // 4H × H as packed.
+                    unsafe {
+                        smallgemm::gemm_packed(
+                            rows,
+                            dh.as_mut_ptr(),
+                            h,
+                            false,
+                            dg_t.as_ptr(),
+                            g,
+                            w_hh,
+                        );
+                    }
+                }
             }
-        }
-        // dW_hh = Σ_t dgates_tᵀ · h_{t-1}: one matmul over all rows and steps.
-        let mut dw = vec![0.0f32; g * h];
-        // SAFETY: dgates read transposed as (4H × rows·T), hprev (rows·T × H), dw (4H × H).
-        unsafe {
-            matmul(
-                (g, h, rows * t_len),
-                dw.as_mut_ptr(),
-                h,
-                false,
-                (dgates.as_ptr(), 1, g),
-                (self.hprev.as_ptr(), h, 1),
-                Parallelism::None,
-            );
-        }
-        let mut dtable = vec![0.0f32; d.v * g];
-        for r in 0..rows {
-            for t in 0..t_len {
-                let id = ids[(self.b0 + r) * t_len + t] as usize;
-                let src = &dgates[(r * t_len + t) * g..][..g];
-                for (acc, &x) in dtable[id * g..(id + 1) * g].iter_mut().zip(src) {
-                    *acc += x;
+            // dW_hh += Σ_t dgates_tᵀ · h_{t-1} over the run: the run's blocks of dgates
+            // and hprev are (steps · rows) × 4H and (steps · rows) × H, row-major.
+            let k = steps * rows;
+            // SAFETY: dgates read transposed as 4H × k (element (i, kk) at kk·4H + i) and
+            // hprev from step `start` as k × H row-major are inside their buffers
+            // (dgates holds `run ≥ steps` slots, hprev T·rows rows); dw is 4H × H
+            // row-major and a separate allocation.
+            unsafe {
+                smallgemm::gemm_strided_lhs(
+                    (g, h, k),
+                    dw.as_mut_ptr(),
+                    h,
+                    true,
+                    (dgates.as_ptr(), 1, g),
+                    (self.hprev.as_ptr().add(start * rows * h), h),
+                );
+            }
+            for t in start..start + steps {
+                for r in 0..rows {
+                    let id = ids[(self.b0 + r) * t_len + t] as usize;
+                    let src = &dgates[((t - start) * rows + r) * g..][..g];
+                    for (acc, &x) in dtable[id * g..(id + 1) * g].iter_mut().zip(src) {
+                        *acc += x;
+                    }
                 }
             }
         }
@@ -533,6 +528,30 @@ mod tests {
             .unwrap()
     }
 
+    /// The fused op's output and gradients against the candle composition.
+    fn check_against_reference(b: usize, t: usize, v: usize, h: usize) -> Result<()> {
+        let (ids, table, w) = setup(b, t, v, h, 42)?;
+        // A loss that weights every output differently, so no gradient cancels.
+        let weights = Tensor::arange(0f32, (b * h) as f32, &Device::Cpu)?
+            .reshape((b, h))?
+            .cos()?;
+        let fused = lstm_last_hidden(&ids, &table, &w, true)?;
+        let reference = lstm_last_hidden_reference(&ids, &table, &w)?;
+        assert!(max_abs_diff(&fused, &reference) < 1e-5);
+        let gf = (fused * &weights)?.sum_all()?.backward()?;
+        let gr = (reference * &weights)?.sum_all()?.backward()?;
+        for var in [&table, &w] {
+            let (a, r) = (gf.get(var).unwrap(), gr.get(var).unwrap());
+            let scale = r.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-3);
+            assert!(
+                max_abs_diff(a, r) / scale < 1e-4,
+                "gradient mismatch for shape {:?} (b={b} t={t} v={v} h={h})",
+                var.shape()
+            );
+        }
+        Ok(())
+    }
+
     #[test]
     fn fused_forward_and_gradients_match_the_candle_composition() -> Result<()> {
         // H = 16 and 32 run every product through the AVX-512 kernel where there is one
@@ -544,25 +563,28 @@ mod tests {
             (7, 5, 6, 16),
             (13, 4, 5, 32),
         ] {
-            let (ids, table, w) = setup(b, t, v, h, 42)?;
-            // A loss that weights every output differently, so no gradient cancels.
-            let weights = Tensor::arange(0f32, (b * h) as f32, &Device::Cpu)?
-                .reshape((b, h))?
-                .cos()?;
-            let fused = lstm_last_hidden(&ids, &table, &w, true)?;
-            let reference = lstm_last_hidden_reference(&ids, &table, &w)?;
-            assert!(max_abs_diff(&fused, &reference) < 1e-5);
-            let gf = (fused * &weights)?.sum_all()?.backward()?;
-            let gr = (reference * &weights)?.sum_all()?.backward()?;
-            for var in [&table, &w] {
-                let (a, r) = (gf.get(var).unwrap(), gr.get(var).unwrap());
-                let scale = r.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-3);
-                assert!(
-                    max_abs_diff(a, r) / scale < 1e-4,
-                    "gradient mismatch for shape {:?}",
-                    var.shape()
-                );
-            }
+            check_against_reference(b, t, v, h)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_backward_folds_runs_of_steps_of_any_length() -> Result<()> {
+        // The backward folds the gate gradients into dW_hh and d(table) every
+        // ⌈KC / rows⌉ steps. With 1 or 3 threads these shapes give runs of 2 or 4 steps
+        // and a short one (100 rows, or 34 and 32 per thread), of 19 steps and a short
+        // one (7 rows), exactly two runs (9 rows), and a single run (fewer rows).
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(candle_core::Error::wrap)?;
+            pool.install(|| -> Result<()> {
+                for &(b, t, v, h) in &[(100, 9, 5, 16), (7, 40, 6, 16), (9, 30, 4, 3)] {
+                    check_against_reference(b, t, v, h)?;
+                }
+                Ok(())
+            })?;
         }
         Ok(())
     }

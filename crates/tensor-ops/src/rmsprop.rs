@@ -5,7 +5,7 @@
 //! `lr_t = lr / (1 + decay·iterations)` and optional element-wise gradient clipping.
 //! The state (velocities, iteration count) is public so checkpoints can hold it.
 
-use candle_core::{Result, Tensor, Var, backprop::GradStore};
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor, Var, backprop::GradStore};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RmsPropConfig {
@@ -92,18 +92,95 @@ impl RmsProp {
         let c = &self.config;
         for (p, v) in self.params.iter().zip(self.velocity.iter_mut()) {
             let Some(g) = grads.get(p) else { continue };
-            let g = match c.clip_value {
-                Some(clip) => g.clamp(-clip, clip)?,
-                None => g.clone(),
+            *v = match step_cpu_f32(c, lr, p, v, g)? {
+                Some(new_v) => new_v,
+                None => step_composed(c, lr, p, v, g)?,
             };
-            let new_v = ((&*v * c.rho)? + (g.sqr()? * (1.0 - c.rho))?)?;
-            let update = ((g * lr)? / (&new_v + c.epsilon)?.sqrt()?)?;
-            p.set(&p.sub(&update)?)?;
-            *v = new_v;
         }
         self.iterations += 1;
         Ok(())
     }
+}
+
+/// The update as candle ops (any device and dtype); returns the new velocity.
+fn step_composed(c: &RmsPropConfig, lr: f64, p: &Var, v: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let g = match c.clip_value {
+        Some(clip) => g.clamp(-clip, clip)?,
+        None => g.clone(),
+    };
+    let new_v = ((v * c.rho)? + (g.sqr()? * (1.0 - c.rho))?)?;
+    let update = ((g * lr)? / (&new_v + c.epsilon)?.sqrt()?)?;
+    p.set(&p.sub(&update)?)?;
+    Ok(new_v)
+}
+
+/// The update of [`step_composed`] as one loop, for contiguous `f32` tensors on the CPU;
+/// `None` (nothing done) for anything else.
+///
+/// Why: the composition is nine element-wise ops, each allocating its result, and
+/// candle runs those of 64 Ki elements or more (the LSTM's `W_hh` at H = 128) on its
+/// own thread pool, whose worker then spins for a while after every op, competing with
+/// the next step's LSTM threads for the cores. One pass does the same arithmetic.
+///
+/// It is bit-for-bit the composition: the same `f32` operations in the same order,
+/// including candle's `affine` form `x · mul + add` for the scalar products and sums
+/// (with its `+ 0.0`), its `maximum`/`minimum` for the clamp, and constants rounded from
+/// `f64` as candle rounds them.
+fn step_cpu_f32(
+    c: &RmsPropConfig,
+    lr: f64,
+    p: &Var,
+    v: &Tensor,
+    g: &Tensor,
+) -> Result<Option<Tensor>> {
+    if !p.device().is_cpu() || [p.dtype(), v.dtype(), g.dtype()] != [DType::F32; 3] {
+        return Ok(None);
+    }
+    if v.shape() != p.shape() || g.shape() != p.shape() {
+        return Ok(None);
+    }
+    let (new_p, new_v) = {
+        let (ps, pl) = p.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        let (Storage::Cpu(CpuStorage::F32(ps)), Some((p0, p1))) = (&*ps, pl.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        let (Storage::Cpu(CpuStorage::F32(vs)), Some((v0, v1))) = (&*vs, vl.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        let (Storage::Cpu(CpuStorage::F32(gs)), Some((g0, g1))) = (&*gs, gl.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        let (ps, vs, gs) = (&ps[p0..p1], &vs[v0..v1], &gs[g0..g1]);
+        let rho = c.rho as f32;
+        let one_minus_rho = (1.0 - c.rho) as f32;
+        let lr = lr as f32;
+        let eps = c.epsilon as f32;
+        let clip = c.clip_value.map(|x| (-x as f32, x as f32));
+        let mut new_p = Vec::with_capacity(ps.len());
+        let mut new_v = Vec::with_capacity(ps.len());
+        for ((&p, &v), &g) in ps.iter().zip(vs).zip(gs) {
+            let g = match clip {
+                // maximum(g, lo), then minimum(·, hi), as candle compares.
+                Some((lo, hi)) => {
+                    let g = if g < lo { lo } else { g };
+                    if g > hi { hi } else { g }
+                }
+                None => g,
+            };
+            let nv = (v * rho + 0.0) + ((g * g) * one_minus_rho + 0.0);
+            let update = (g * lr + 0.0) / (nv * 1.0 + eps).sqrt();
+            new_p.push(p - update);
+            new_v.push(nv);
+        }
+        (new_p, new_v)
+    };
+    p.set(&Tensor::from_vec(new_p, p.shape(), p.device())?)?;
+    Ok(Some(Tensor::from_vec(new_v, p.shape(), p.device())?))
 }
 
 #[cfg(test)]
@@ -150,6 +227,51 @@ mod tests {
             "{got:?} vs {e1:?}"
         );
         assert_eq!(opt.iterations, 2);
+        Ok(())
+    }
+
+    /// The fused `f32` loop against the candle composition: the same bits, over a few
+    /// steps, with and without clipping, on a parameter large enough for candle to run
+    /// its ops on its thread pool.
+    #[test]
+    fn the_fused_cpu_update_is_the_composition_bit_for_bit() -> Result<()> {
+        let dev = Device::Cpu;
+        let n = 70_000;
+        let init = Tensor::arange(0f32, n as f32, &dev)?
+            .affine(0.37, 0.0)?
+            .sin()?;
+        for clip_value in [None, Some(0.4)] {
+            let cfg = RmsPropConfig {
+                learning_rate: 0.01,
+                clip_value,
+                decay: 0.01,
+                ..Default::default()
+            };
+            let fused = Var::from_tensor(&init)?;
+            let composed = Var::from_tensor(&init)?;
+            let mut opt = RmsProp::new(vec![fused.clone()], cfg.clone())?;
+            let mut velocity = composed.zeros_like()?;
+            for step in 0..3 {
+                // g = a varied function of θ, from -1.8 to 1.8.
+                let loss = |p: &Var| -> Result<Tensor> {
+                    let w = Tensor::arange(0f32, n as f32, &dev)?.affine(0.011, step as f64)?;
+                    (p.as_tensor().sqr()? * w.cos()?)?.sum_all()
+                };
+                let lr = opt.learning_rate();
+                opt.step(&loss(&fused)?.backward()?)?;
+                let grads = loss(&composed)?.backward()?;
+                let g = grads.get(&composed).unwrap();
+                velocity = step_composed(&cfg, lr, &composed, &velocity, g)?;
+                let bits = |t: &Tensor| -> Result<Vec<u32>> {
+                    Ok(t.to_vec1::<f32>()?.iter().map(|x| x.to_bits()).collect())
+                };
+                assert!(bits(&fused)? == bits(&composed)?, "parameters, step {step}");
+                assert!(
+                    bits(&opt.velocity[0])? == bits(&velocity)?,
+                    "velocity, step {step}"
+                );
+            }
+        }
         Ok(())
     }
 

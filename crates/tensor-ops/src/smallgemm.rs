@@ -9,8 +9,14 @@
 //! or backward call, or once per model for generation) into column panels, and an AVX-512
 //! register-blocked kernel (6 rows × 64 columns of accumulators) streams each panel from L1.
 //! Without AVX-512, or when `n` is not a multiple of 16, the products go to `gemm` as before.
+//!
+//! [`gemm_strided_lhs`] serves the weight gradient of the LSTM backward,
+//! `dW = dgatesᵀ · hprev`, whose lhs is a transpose and whose rhs changes every call: the
+//! same kernel, with the lhs read through strides and the rhs packed on the fly.
 
 use gemm::Parallelism;
+
+use crate::pool::PoolVec;
 
 /// Columns per panel: four 16-lane zmm registers.
 const PANEL: usize = 64;
@@ -21,7 +27,7 @@ const PANEL: usize = 64;
 const MR: usize = 6;
 /// Depth per pass: a `KC × 64` panel slice is 32 KiB, which stays in a 48 KiB L1d while
 /// every row tile of `lhs` streams past it.
-const KC: usize = 128;
+pub(crate) const KC: usize = 128;
 
 /// A `k × n` matrix packed once for [`gemm_packed`]: column panels of [`PANEL`] columns
 /// (the last one may be narrower), each stored as `k` contiguous rows of the panel's width.
@@ -29,11 +35,14 @@ const KC: usize = 128;
 /// Contiguous panel rows matter: read from the row-major matrix, rows of a panel are `n`
 /// floats apart, which for `n` = 512 maps the whole panel onto a few L1 sets and evicts it
 /// between row tiles.
+///
+/// The storage comes from [`crate::pool`]: the LSTM packs its weights afresh for every
+/// forward and backward call.
 #[derive(Clone, Debug)]
 pub(crate) struct PackedRhs {
     k: usize,
     n: usize,
-    data: Vec<f32>,
+    data: PoolVec,
 }
 
 impl PackedRhs {
@@ -50,11 +59,16 @@ impl PackedRhs {
                 "packed rhs source out of bounds"
             );
         }
-        let mut data = Vec::with_capacity(k * n);
+        // Every element is written below: panels of w columns, k rows each, in order.
+        let mut data = crate::pool::take(k * n);
+        let mut out = data.iter_mut();
         for j0 in (0..n).step_by(PANEL) {
             let w = PANEL.min(n - j0);
             for r in 0..k {
-                data.extend((j0..j0 + w).map(|c| src[r * rs + c * cs]));
+                // The range first: `zip` stops on it without taking another `out`.
+                for (c, x) in (j0..j0 + w).zip(out.by_ref()) {
+                    *x = src[r * rs + c * cs];
+                }
             }
         }
         Self { k, n, data }
@@ -164,6 +178,79 @@ pub(crate) unsafe fn gemm_packed(
 ) {
     // SAFETY: forwarded from the caller; `rhs.view()` describes `rhs.data` exactly.
     unsafe { run(m, dst, dst_rs, accumulate, lhs, lhs_rs, rhs.view()) }
+}
+
+/// `dst (m × n) [+]= lhs (m × k) · rhs (k × n)` where element `(i, kk)` of `lhs` is
+/// `lhs[i * lhs_rs + kk * lhs_cs]` (any strides; `lhs_rs = 1` reads a transpose) and `rhs`
+/// is row-major with row stride `rhs_rs`; `dst` as in [`gemm_rowmajor_acc`].
+///
+/// Made for the weight gradient of the LSTM, `dgatesᵀ (4H × k) · hprev (k × H)` over a
+/// run of steps (`k` about [`KC`]), where neither operand is reused across calls (the
+/// `gemm` crate took twice as long for it, AVX2 only and packing both operands). The rhs
+/// is copied, [`KC`] rows at a time, into contiguous panels: read in place, panel rows
+/// `H` floats apart fold onto half of the L1 sets (measured 5–10% slower). The lhs is
+/// read in place: for a transpose (`lhs_rs = 1`) the 6 values a register tile
+/// broadcasts for one step of `k` share a cache line, and copying them into a k-major
+/// tile layout first (24-byte pieces) cost more than it saved (measured ~25% slower at
+/// `k` = 128).
+///
+/// # Safety
+/// `lhs[i * lhs_rs + kk * lhs_cs]` (i < m, kk < k), `rhs[kk * rhs_rs + j]` (kk < k, j < n)
+/// and `dst[i * dst_rs + j]` (i < m, j < n) must be in bounds of their allocations, and
+/// `dst` must not overlap `lhs` or `rhs`.
+pub(crate) unsafe fn gemm_strided_lhs(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (*const f32, usize, usize),
+    (rhs, rhs_rs): (*const f32, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if n.is_multiple_of(16) && has_avx512() {
+        let mut scratch = crate::pool::take(KC.min(k) * n);
+        // SAFETY: the CPU has AVX-512F (checked above) and n is a multiple of 16; the
+        // scratch holds one packed rhs block; operand bounds are the caller's contract.
+        unsafe {
+            avx512::run_strided_lhs(
+                (m, n, k),
+                dst,
+                dst_rs,
+                accumulate,
+                (lhs, lhs_rs, lhs_cs),
+                (rhs, rhs_rs),
+                &mut scratch,
+            )
+        };
+        return;
+    }
+    // SAFETY: forwarded from the caller; `gemm` takes arbitrary strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            1,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
 }
 
 /// Whether this CPU runs the AVX-512 kernel (`std` caches the CPUID answer, so this is a
@@ -301,8 +388,88 @@ mod avx512 {
                     unsafe {
                         let a = lhs.add(i0 * lhs_rs + k0);
                         let c = dst.add(i0 * dst_rs + j0);
-                        tile_dispatch(mr, w / 16, kc, a, lhs_rs, b, b_rs, c, dst_rs, acc);
+                        tile_dispatch(mr, w / 16, kc, (a, lhs_rs, 1), b, b_rs, c, dst_rs, acc);
                     }
+                    i0 += mr;
+                }
+            }
+        }
+    }
+
+    /// The product behind [`super::gemm_strided_lhs`]. For every [`KC`] steps of `k`:
+    /// the rhs block goes to `scratch` as `kc × 64` panels (the last one narrower), as
+    /// in [`super::PackedRhs`]; then every panel meets every row tile of the lhs, read in
+    /// place with its strides, the panel staying in L1.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, `n` must be a multiple of 16, `scratch` must hold
+    /// `min(KC, k) · n` floats, and the operands must satisfy the bounds of
+    /// [`super::gemm_strided_lhs`].
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn run_strided_lhs(
+        (m, n, k): (usize, usize, usize),
+        dst: *mut f32,
+        dst_rs: usize,
+        accumulate: bool,
+        (lhs, lhs_rs, lhs_cs): (*const f32, usize, usize),
+        (rhs, rhs_rs): (*const f32, usize),
+        scratch: &mut [f32],
+    ) {
+        if k == 0 {
+            if !accumulate {
+                for i in 0..m {
+                    // SAFETY: row i < m of dst has n elements in bounds.
+                    unsafe { std::ptr::write_bytes(dst.add(i * dst_rs), 0, n) };
+                }
+            }
+            return;
+        }
+        let bpack = &mut scratch[..KC.min(k) * n];
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            // Later passes add to what the first one wrote.
+            let acc = accumulate || k0 > 0;
+            for j0 in (0..n).step_by(PANEL) {
+                let w = PANEL.min(n - j0);
+                for p in 0..kc {
+                    let out = &mut bpack[j0 * kc + p * w..][..w];
+                    // SAFETY: row k0 + p < k, columns j0 .. j0 + w ≤ n, in bounds by the
+                    // contract.
+                    let src = unsafe { rhs.add((k0 + p) * rhs_rs + j0) };
+                    // A constant length where possible: a `memcpy` call per row cost
+                    // more than the copy.
+                    if let Ok(out) = <&mut [f32; PANEL]>::try_from(&mut *out) {
+                        // SAFETY: as above, with w = PANEL.
+                        *out = unsafe { src.cast::<[f32; PANEL]>().read_unaligned() };
+                    } else {
+                        // SAFETY: as above.
+                        out.copy_from_slice(unsafe { std::slice::from_raw_parts(src, w) });
+                    }
+                }
+            }
+            for j0 in (0..n).step_by(PANEL) {
+                let w = PANEL.min(n - j0);
+                let mut i0 = 0;
+                while i0 < m {
+                    let mr = MR.min(m - i0);
+                    // SAFETY: lhs rows i0 .. i0 + mr ≤ m and columns k0 .. k0 + kc ≤ k, and
+                    // dst rows i0 .. i0 + mr and columns j0 .. j0 + w ≤ n, are in bounds by
+                    // the contract; the panel (kc rows of w floats) lies inside `bpack` as
+                    // packed above; mr is 1..=MR and w a multiple of 16 in 16..=64 because
+                    // n is a multiple of 16.
+                    unsafe {
+                        tile_dispatch(
+                            mr,
+                            w / 16,
+                            kc,
+                            (lhs.add(i0 * lhs_rs + k0 * lhs_cs), lhs_rs, lhs_cs),
+                            bpack.as_ptr().add(j0 * kc),
+                            w,
+                            dst.add(i0 * dst_rs + j0),
+                            dst_rs,
+                            acc,
+                        )
+                    };
                     i0 += mr;
                 }
             }
@@ -319,8 +486,7 @@ mod avx512 {
         mr: usize,
         nv: usize,
         kc: usize,
-        a: *const f32,
-        a_rs: usize,
+        (a, a_rs, a_cs): (*const f32, usize, usize),
         b: *const f32,
         b_rs: usize,
         c: *mut f32,
@@ -331,10 +497,10 @@ mod avx512 {
             ($($r:literal),*) => {
                 match (mr, nv) {
                     $(
-                        ($r, 4) => tile::<$r, 4>(kc, a, a_rs, b, b_rs, c, c_rs, acc),
-                        ($r, 3) => tile::<$r, 3>(kc, a, a_rs, b, b_rs, c, c_rs, acc),
-                        ($r, 2) => tile::<$r, 2>(kc, a, a_rs, b, b_rs, c, c_rs, acc),
-                        ($r, 1) => tile::<$r, 1>(kc, a, a_rs, b, b_rs, c, c_rs, acc),
+                        ($r, 4) => tile::<$r, 4>(kc, a, a_rs, a_cs, b, b_rs, c, c_rs, acc),
+                        ($r, 3) => tile::<$r, 3>(kc, a, a_rs, a_cs, b, b_rs, c, c_rs, acc),
+                        ($r, 2) => tile::<$r, 2>(kc, a, a_rs, a_cs, b, b_rs, c, c_rs, acc),
+                        ($r, 1) => tile::<$r, 1>(kc, a, a_rs, a_cs, b, b_rs, c, c_rs, acc),
                     )*
                     _ => unreachable!("tile {mr}×{nv}"),
                 }
@@ -346,11 +512,12 @@ mod avx512 {
         unsafe { go!(6, 5, 4, 3, 2, 1) }
     }
 
-    /// `c (R × 16·V) [+]= a (R × kc) · b (kc × 16·V)`, all row-major with the given row
-    /// strides, accumulating in `R · V` zmm registers.
+    /// `c (R × 16·V) [+]= a (R × kc) · b (kc × 16·V)`, accumulating in `R · V` zmm
+    /// registers; `a` has element `(i, p)` at `a[i * a_rs + p * a_cs]`, `b` and `c` are
+    /// row-major with the given row strides.
     ///
     /// # Safety
-    /// The CPU must have AVX-512F; `a[i * a_rs + p]`, `b[p * b_rs + j]` and
+    /// The CPU must have AVX-512F; `a[i * a_rs + p * a_cs]`, `b[p * b_rs + j]` and
     /// `c[i * c_rs + j]` must be in bounds for i < R, p < kc, j < 16·V.
     #[allow(clippy::too_many_arguments)]
     #[inline]
@@ -359,6 +526,7 @@ mod avx512 {
         kc: usize,
         a: *const f32,
         a_rs: usize,
+        a_cs: usize,
         b: *const f32,
         b_rs: usize,
         c: *mut f32,
@@ -374,7 +542,7 @@ mod avx512 {
             }
             for (i, row) in sum.iter_mut().enumerate() {
                 // SAFETY: i < R and p < kc, in bounds by the contract.
-                let x = _mm512_set1_ps(unsafe { *a.add(i * a_rs + p) });
+                let x = _mm512_set1_ps(unsafe { *a.add(i * a_rs + p * a_cs) });
                 for (s, &bb) in row.iter_mut().zip(&bv) {
                     *s = _mm512_fmadd_ps(x, bb, *s);
                 }
@@ -527,6 +695,91 @@ mod tests {
         check(4, 32, 0, false, 1);
         check(4, 32, 0, true, 1);
         check(0, 32, 5, true, 0);
+    }
+
+    /// [`gemm_strided_lhs`] against the naive loop, for an lhs stored transposed
+    /// (`lhs_rs = 1`, as in the LSTM weight gradient) or with both strides non-unit, and
+    /// an rhs with padded rows.
+    fn check_strided(m: usize, n: usize, k: usize, acc: bool, transposed: bool) {
+        // Element (i, kk) of the lhs: transposed, a k × (m + 3) row-major matrix; else an
+        // m × k matrix with rows 2k + 5 apart and every other column skipped.
+        let (lhs_rs, lhs_cs) = if transposed {
+            (1, m + 3)
+        } else {
+            (2 * k + 5, 2)
+        };
+        let lhs_len = (m.max(1) - 1) * lhs_rs + (k.max(1) - 1) * lhs_cs + 1;
+        let mut lhs = vec![f32::NAN; lhs_len];
+        let vals = values(m * k, 5 + (m * 3 + n + k * 11) as u64);
+        let mut dense = vec![0.0; m * k];
+        for i in 0..m {
+            for p in 0..k {
+                lhs[i * lhs_rs + p * lhs_cs] = vals[i * k + p];
+                dense[i * k + p] = vals[i * k + p];
+            }
+        }
+        // Rows of n values, 4 apart padded with NaN.
+        let rhs_rs = n + 4;
+        let rvals = values(k * n, 6 + (m + n * 17 + k) as u64);
+        let mut rhs = vec![f32::NAN; k * rhs_rs];
+        for p in 0..k {
+            rhs[p * rhs_rs..][..n].copy_from_slice(&rvals[p * n..(p + 1) * n]);
+        }
+        let dst_rs = n + 1;
+        let mut init = values(m * dst_rs, 4);
+        for (idx, x) in init.iter_mut().enumerate() {
+            if idx % dst_rs >= n {
+                *x = 7.0;
+            } else if !acc {
+                *x = f32::NAN;
+            }
+        }
+        let mut expected = init.clone();
+        naive(m, n, k, &mut expected, dst_rs, acc, &dense, k, &rvals);
+        let mut got = init.clone();
+        // SAFETY: the buffers are sized for the shapes and strides; dst is separate.
+        unsafe {
+            gemm_strided_lhs(
+                (m, n, k),
+                got.as_mut_ptr(),
+                dst_rs,
+                acc,
+                (lhs.as_ptr(), lhs_rs, lhs_cs),
+                (rhs.as_ptr(), rhs_rs),
+            )
+        };
+        for (idx, (g, e)) in got.iter().zip(&expected).enumerate() {
+            let tol = 1e-5 * (1.0 + k as f32).sqrt();
+            assert!(
+                (g - e).abs() <= tol,
+                "m={m} n={n} k={k} acc={acc} transposed={transposed}: [{}][{}] {g} vs {e}",
+                idx / dst_rs,
+                idx % dst_rs
+            );
+        }
+    }
+
+    #[test]
+    fn strided_lhs_matches_the_naive_product() {
+        // m around multiples of MR, n one or several panels (the last one partial) or not
+        // a multiple of 16 (the `gemm` path), k within one block, on a block boundary and
+        // a few blocks with a short last one.
+        for m in [1, 5, 6, 13, 64] {
+            for n in [16, 80, 128, 20] {
+                for k in [1, 9, KC, 2 * KC + 3, 700] {
+                    for acc in [false, true] {
+                        for transposed in [true, false] {
+                            check_strided(m, n, k, acc, transposed);
+                        }
+                    }
+                }
+            }
+        }
+        // The LSTM weight-gradient shape (4H × H, k = rows · T) at H = 32.
+        check_strided(128, 32, 7 * 13, false, true);
+        check_strided(0, 16, 5, true, true);
+        check_strided(3, 16, 0, false, true);
+        check_strided(3, 16, 0, true, false);
     }
 
     #[test]

@@ -1,0 +1,159 @@
+//! Recycled `f32` buffers for the CPU kernels.
+//!
+//! A training step of the fused LSTM needs the same few multi-megabyte buffers every time
+//! (saved activations, cell states, gate gradients, packing scratch). Allocated fresh,
+//! each one is zeroed by `calloc` (a memset of memory the allocator recycled) or
+//! page-faulted in (memory it mapped anew), although the kernels overwrite nearly all of
+//! it: together ~6% of a training step. Here a buffer goes back to a small global pool
+//! when its [`PoolVec`] is dropped and is handed out again, stale contents and all, to
+//! the next request of a similar size.
+//!
+//! Stale contents are ordinary initialised `f32`s, so there is no unsafety, only a
+//! contract: whoever takes a buffer with [`take`] must write every element before
+//! reading it. Under `cfg(test)` [`take`] fills buffers with NaN, so that a kernel which
+//! reads an element it did not write fails its tests instead of silently depending on
+//! what the previous user left there.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Mutex;
+
+/// The most the pool keeps, in floats (256 MiB): about nine times what one training step
+/// of the book's model (batch 128, T = 60, H = 128) cycles through, so the working set
+/// of a few models in flight stays pooled, but an idle process holds a bounded amount
+/// of memory.
+const MAX_POOLED: usize = 64 << 20;
+
+/// Free buffers, oldest first, and their total capacity in floats.
+static POOL: Mutex<(Vec<Vec<f32>>, usize)> = Mutex::new((Vec::new(), 0));
+
+/// A `Vec<f32>` that returns to the pool when dropped.
+#[derive(Debug, Default)]
+pub(crate) struct PoolVec(Vec<f32>);
+
+impl Clone for PoolVec {
+    fn clone(&self) -> Self {
+        let mut v = take_raw(self.len());
+        v.copy_from_slice(self);
+        PoolVec(v)
+    }
+}
+
+impl Deref for PoolVec {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl DerefMut for PoolVec {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
+impl Drop for PoolVec {
+    fn drop(&mut self) {
+        give_back(std::mem::take(&mut self.0));
+    }
+}
+
+/// A buffer of `len` floats with unspecified contents: the caller must write every
+/// element before reading it (tests poison the contents with NaN to check that).
+pub(crate) fn take(len: usize) -> PoolVec {
+    let mut v = take_raw(len);
+    if cfg!(test) {
+        v.fill(f32::NAN);
+    }
+    PoolVec(v)
+}
+
+/// The smallest pooled buffer that holds `len` floats without wasting more than half of
+/// itself (a huge buffer spent on a small request would force the next large request
+/// to allocate), resized to `len`; a fresh allocation when there is none.
+fn take_raw(len: usize) -> Vec<f32> {
+    if len == 0 {
+        return Vec::new();
+    }
+    let found = {
+        let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        let (bufs, total) = &mut *guard;
+        let best = bufs
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len && b.capacity() / 2 <= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        best.map(|i| {
+            let b = bufs.remove(i);
+            *total -= b.capacity();
+            b
+        })
+    };
+    match found {
+        Some(mut v) => {
+            // Only elements past the old length are written here; the rest keep their
+            // stale (initialised) values.
+            v.resize(len, 0.0);
+            v
+        }
+        // `vec!` of zeros maps fresh memory lazily (calloc), cheaper than filling it.
+        None => vec![0.0; len],
+    }
+}
+
+/// Keeps `v` for reuse, dropping the oldest pooled buffers beyond [`MAX_POOLED`].
+fn give_back(v: Vec<f32>) {
+    let cap = v.capacity();
+    if cap == 0 || cap > MAX_POOLED {
+        return;
+    }
+    let evicted = {
+        let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        let (bufs, total) = &mut *guard;
+        bufs.push(v);
+        *total += cap;
+        let mut evicted = Vec::new();
+        while *total > MAX_POOLED {
+            let old = bufs.remove(0);
+            *total -= old.capacity();
+            evicted.push(old);
+        }
+        evicted
+    };
+    // Freed outside the lock.
+    drop(evicted);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_have_the_requested_length() {
+        for len in [0, 1, 17, 1000, 4096, 1001, 3] {
+            let a = take(len);
+            assert_eq!(a.len(), len);
+            assert_eq!(a.clone().len(), len);
+        }
+    }
+
+    #[test]
+    fn a_returned_buffer_is_reused_and_the_pool_is_bounded() {
+        // Far larger than any other test's buffers, so that tests running concurrently
+        // cannot take it first.
+        let len = 2_999_999;
+        let mut a = take(len);
+        a[0] = 1.0;
+        let ptr = a.as_ptr();
+        drop(a);
+        let b = take(len - 5);
+        assert_eq!(b.as_ptr(), ptr, "the pooled buffer was not reused");
+        assert_eq!(b.len(), len - 5);
+        drop(b);
+        // Far too small a request for that buffer: a fresh one.
+        assert_ne!(take(10).as_ptr(), ptr);
+        let (bufs, total) = &*POOL.lock().unwrap();
+        assert!(*total <= MAX_POOLED);
+        assert_eq!(*total, bufs.iter().map(Vec::capacity).sum::<usize>());
+    }
+}
