@@ -184,6 +184,8 @@ enum BenchCommand {
     TextTrain(BenchArgs),
     /// The book's generation loop (400 characters, 60-character windows).
     TextGenerate(BenchArgs),
+    /// One training step of the book's VAE (batch 16, 28×28, latent 2).
+    VaeTrain(BenchArgs),
     /// Corpus preparation: characters, windows and peak memory.
     TextPrepare {
         #[arg(long)]
@@ -607,7 +609,9 @@ fn bench(cmd: &BenchCommand, device: DeviceSpec) -> Result<()> {
     use oneiro_trainer::bench;
     let dev = device.open().map_err(anyhow::Error::msg)?;
     let threads = match cmd {
-        BenchCommand::TextTrain(a) | BenchCommand::TextGenerate(a) => a.threads,
+        BenchCommand::TextTrain(a) | BenchCommand::TextGenerate(a) | BenchCommand::VaeTrain(a) => {
+            a.threads
+        }
         BenchCommand::TextPrepare { .. } => 1,
     };
     if threads == 0 {
@@ -631,6 +635,11 @@ fn bench(cmd: &BenchCommand, device: DeviceSpec) -> Result<()> {
         BenchCommand::TextGenerate(a) => {
             let s = bench::text_generate(&dev, a.steps.unwrap_or(400))?;
             serde_json::json!({"workload": "text-generate", "seconds_per_char": s, "chars_per_s": 1.0 / s,
+                "peer": "oneiro", "version": version, "threads": threads, "device": device})
+        }
+        BenchCommand::VaeTrain(a) => {
+            let s = bench::vae_train(&dev, a.steps.unwrap_or(50))?;
+            serde_json::json!({"workload": "vae-train", "seconds_per_batch": s, "images_per_s": 16.0 / s,
                 "peer": "oneiro", "version": version, "threads": threads, "device": device})
         }
         BenchCommand::TextPrepare { corpus } => {

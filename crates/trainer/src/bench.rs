@@ -87,6 +87,27 @@ pub fn text_generate(device: &Device, chars: usize) -> Result<f64> {
     Ok(per_run / chars as f64)
 }
 
+/// One training step of the book's VAE (batch 16 of 28×28, latent 2, RMSprop lr 0.001),
+/// like the peers' `vae-train`. Returns seconds per batch.
+pub fn vae_train(device: &Device, steps: usize) -> Result<f64> {
+    use oneiro_models::{Vae, VaeConfig};
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let model = Vae::new_random(VaeConfig::default(), &mut rng, device)?;
+    let mut opt = RmsProp::new(model.vars(), RmsPropConfig::default())?;
+    let x = Tensor::rand(0f32, 1f32, (16, 1, 28, 28), device)?;
+    timed(
+        || {
+            let eps = Tensor::randn(0f32, 1f32, (16, 2), device)?;
+            let loss = model.loss(&x, &eps)?;
+            opt.step(&loss.total.backward()?)?;
+            loss.total.to_scalar::<f32>()?;
+            Ok(())
+        },
+        3,
+        steps,
+    )
+}
+
 /// Prepares a corpus file the way training does; returns (characters, windows, peak
 /// resident memory in bytes of this process so far, if the OS tells).
 pub fn text_prepare(text: &str) -> Result<(usize, usize, Option<u64>)> {
