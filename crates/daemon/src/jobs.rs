@@ -129,10 +129,6 @@ impl Job {
         self.lock().file.options.clone()
     }
 
-    pub fn stop_on_disconnect(&self) -> bool {
-        self.lock().file.stop_on_disconnect
-    }
-
     pub fn corpus_path(&self) -> PathBuf {
         self.dir.join("corpus.txt")
     }

@@ -239,8 +239,9 @@ impl OneiroService {
                     .into());
                 };
                 let p = p.clone();
-                self.with_store(move |_| read_server_corpus(&root, &p, max))
-                    .await?
+                tokio::task::spawn_blocking(move || read_server_corpus(&root, &p, max))
+                    .await
+                    .map_err(|e| Status::internal(format!("corpus read failed: {e}")))??
             }
             None => {
                 return Err(invalid(
