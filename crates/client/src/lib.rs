@@ -88,6 +88,9 @@ impl Client {
         let mut ep = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| ClientError::Endpoint(endpoint.into(), e.to_string()))?;
         if endpoint.starts_with("https://") {
+            // Two rustls providers are linked when the CLI embeds the engine (ring for
+            // tonic, aws-lc-rs for the hub client): name one. Already set is fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let tls = match ca_pem {
                 Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
                 None => ClientTlsConfig::new().with_webpki_roots(),
@@ -213,6 +216,30 @@ impl Client {
         req: pb::GenerateRequest,
     ) -> Result<Streaming<pb::GenerateChunk>> {
         Ok(self.inner.generate(req).await?.into_inner())
+    }
+
+    /// The VAE's latent grid as a PNG.
+    pub async fn vae_grid(&mut self, req: pb::VaeGridRequest) -> Result<pb::Image> {
+        Ok(self.inner.vae_grid(req).await?.into_inner())
+    }
+
+    pub async fn vae_decode(&mut self, req: pb::VaeDecodeRequest) -> Result<pb::VaeDecodeResponse> {
+        Ok(self.inner.vae_decode(req).await?.into_inner())
+    }
+
+    pub async fn vae_encode(&mut self, req: pb::VaeEncodeRequest) -> Result<pb::VaeEncodeResponse> {
+        Ok(self.inner.vae_encode(req).await?.into_inner())
+    }
+
+    pub async fn vae_concept(
+        &mut self,
+        req: pb::VaeConceptRequest,
+    ) -> Result<pb::VaeConceptResponse> {
+        Ok(self.inner.vae_concept(req).await?.into_inner())
+    }
+
+    pub async fn vae_morph(&mut self, req: pb::VaeMorphRequest) -> Result<pb::VaeMorphResponse> {
+        Ok(self.inner.vae_morph(req).await?.into_inner())
     }
 
     /// Generates and collects the whole text.

@@ -13,6 +13,8 @@ use oneiro_client::{BearerToken, Client, corpus, pb};
 use oneiro_daemon::DaemonConfig;
 use oneiro_daemon::device::DeviceSpec;
 
+mod vae_cli;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "oneiro",
@@ -55,6 +57,9 @@ enum Command {
     /// Character-level LSTM text generation.
     #[command(subcommand)]
     Text(TextCommand),
+    /// Convolutional VAE on MNIST: training, latent grid, encode/decode, concept vectors.
+    #[command(subcommand)]
+    Vae(vae_cli::VaeCommand),
     /// The daemon's version, device and limits.
     Info,
     /// Training jobs on the daemon.
@@ -249,6 +254,7 @@ fn real_main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     let detach = match &cli.command {
         Command::Text(TextCommand::Train(a)) => a.detach,
+        Command::Vae(vae_cli::VaeCommand::Train(a)) => a.detach,
         Command::Jobs(JobsCommand::Resume { detach, .. }) => *detach,
         _ => false,
     };
@@ -288,6 +294,7 @@ async fn run(cli: Cli) -> Result<()> {
     let work = async {
         match cli.command {
             Command::Text(t) => text(&mut client, t).await,
+            Command::Vae(v) => vae_cli::run(&mut client, v).await,
             Command::Jobs(j) => jobs(&mut client, j).await,
             Command::Info => {
                 let i = client.info().await?;
@@ -333,8 +340,13 @@ async fn run(cli: Cli) -> Result<()> {
     result
 }
 
-/// Prints a job's events: progress bar, epoch lines, samples, the outcome.
-async fn follow(mut stream: tonic::Streaming<pb::TrainEvent>, detach: bool) -> Result<()> {
+/// Prints a job's events: progress bar, epoch lines, samples, the outcome. Pictures
+/// (the VAE's latent grid) are written under `images` when given.
+async fn follow(
+    mut stream: tonic::Streaming<pb::TrainEvent>,
+    detach: bool,
+    images: Option<&std::path::Path>,
+) -> Result<()> {
     let mut bar: Option<ProgressBar> = None;
     let mut total_epochs = 0;
     let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
@@ -360,15 +372,26 @@ async fn follow(mut stream: tonic::Streaming<pb::TrainEvent>, detach: bool) -> R
                 } else {
                     String::new()
                 };
-                eprintln!(
-                    "training {} on {}: {} sequences ({} held out), vocabulary {}, {} steps per epoch{resumed}",
-                    s.model,
-                    s.device,
-                    s.train_sequences,
-                    s.validation_sequences,
-                    s.vocab_size,
-                    s.steps_per_epoch
-                );
+                if s.vocab_size == 0 {
+                    eprintln!(
+                        "training {} on {}: {} images ({} for validation), {} steps per epoch{resumed}",
+                        s.model,
+                        s.device,
+                        s.train_sequences,
+                        s.validation_sequences,
+                        s.steps_per_epoch
+                    );
+                } else {
+                    eprintln!(
+                        "training {} on {}: {} sequences ({} held out), vocabulary {}, {} steps per epoch{resumed}",
+                        s.model,
+                        s.device,
+                        s.train_sequences,
+                        s.validation_sequences,
+                        s.vocab_size,
+                        s.steps_per_epoch
+                    );
+                }
             }
             Some(Event::Batch(b)) => {
                 let p = bar.get_or_insert_with(|| {
@@ -387,10 +410,17 @@ async fn follow(mut stream: tonic::Streaming<pb::TrainEvent>, detach: bool) -> R
                 if let Some(p) = bar.take() {
                     p.finish_and_clear();
                 }
-                let val = e
+                let mut val = e
                     .val_loss
                     .map(|v| format!("  val_loss {v:.4}"))
                     .unwrap_or_default();
+                if let (Some(r), Some(k)) = (e.reconstruction_loss, e.kl_loss) {
+                    val.push_str(&format!("  (reconstruction {r:.4} + KL {k:.5}"));
+                    if let (Some(vr), Some(vk)) = (e.val_reconstruction_loss, e.val_kl_loss) {
+                        val.push_str(&format!("; validation {vr:.4} + {vk:.5}"));
+                    }
+                    val.push(')');
+                }
                 println!(
                     "epoch {}/{}  loss {:.4}{}  ({:.1}s)",
                     e.epoch, total_epochs, e.loss, val, e.seconds
@@ -402,6 +432,24 @@ async fn follow(mut stream: tonic::Streaming<pb::TrainEvent>, detach: bool) -> R
                     s.temperature, s.seed_text, s.text
                 );
             }
+            Some(Event::Image(i)) => match images {
+                Some(dir) => {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                    let slug: String = i
+                        .caption
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                        .collect();
+                    let path = dir.join(format!("epoch{:04}-{slug}.png", i.epoch));
+                    std::fs::write(&path, &i.png)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    println!("{}: {}", i.caption, path.display());
+                }
+                None => {
+                    tracing::info!(caption = %i.caption, bytes = i.png.len(), "picture (not saved)")
+                }
+            },
             Some(Event::Checkpoint(c)) => {
                 tracing::info!(checkpoint = %c.checkpoint, step = c.step, "checkpoint written")
             }
@@ -457,7 +505,9 @@ async fn jobs(client: &mut Client, cmd: JobsCommand) -> Result<()> {
             }
             Ok(())
         }
-        JobsCommand::Watch { job_id } => follow(client.watch_job(&job_id).await?, false).await,
+        JobsCommand::Watch { job_id } => {
+            follow(client.watch_job(&job_id).await?, false, None).await
+        }
         JobsCommand::Cancel { job_id } => {
             let j = client.cancel_job(&job_id).await?;
             println!(
@@ -467,7 +517,7 @@ async fn jobs(client: &mut Client, cmd: JobsCommand) -> Result<()> {
             Ok(())
         }
         JobsCommand::Resume { job_id, detach } => {
-            follow(client.resume_job(&job_id).await?, detach).await
+            follow(client.resume_job(&job_id).await?, detach, None).await
         }
     }
 }
@@ -580,17 +630,23 @@ async fn train(client: &mut Client, a: TrainArgs) -> Result<()> {
             sample_length: a.sample_length,
             no_samples: a.no_samples,
             checkpoint_every_steps: a.checkpoint_every,
-            divergence_factor: match a.divergence_factor {
-                Some(f) if f <= 0.0 => -1.0,
-                Some(f) => f,
-                None => 0.0,
-            },
+            divergence_factor: divergence_factor(a.divergence_factor),
+            ..Default::default()
         }),
         data: Some(pb::train_request::Data::Text(pb::TextCorpus {
             source: Some(source),
         })),
     };
-    follow(client.train(req).await?, a.detach).await
+    follow(client.train(req).await?, a.detach, None).await
+}
+
+/// The proto's encoding of the CLI's `--divergence-factor`: unset 0, off negative.
+fn divergence_factor(f: Option<f32>) -> f32 {
+    match f {
+        Some(f) if f <= 0.0 => -1.0,
+        Some(f) => f,
+        None => 0.0,
+    }
 }
 
 fn read_corpus(path: &std::path::Path) -> Result<String> {

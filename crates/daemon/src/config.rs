@@ -35,6 +35,8 @@ pub struct DaemonConfig {
     /// Train requests may name corpus files under this directory (and nowhere else);
     /// `None` turns server-side corpora off.
     pub corpus_root: Option<PathBuf>,
+    /// Where hub downloads (datasets, weights) are resolved: offline mode and cache.
+    pub hub: oneiro_trainer::hub::HubOptions,
 }
 
 #[derive(Clone, Debug)]
@@ -79,6 +81,7 @@ impl DaemonConfig {
             memory_budget_bytes: 2 << 30,
             tls: None,
             corpus_root: None,
+            hub: oneiro_trainer::hub::HubOptions::from_env(),
         }
     }
 }

@@ -33,6 +33,7 @@ impl From<ServiceError> for Status {
                 TrainerError::FailedPrecondition(_) => Code::FailedPrecondition,
                 TrainerError::Cancelled(_) => Code::Cancelled,
                 TrainerError::Diverged(_) => Code::Aborted,
+                TrainerError::Unavailable(_) => Code::Unavailable,
                 TrainerError::Corrupt(_) => Code::DataLoss,
                 TrainerError::Tensor(_) | TrainerError::Io(_) => Code::Internal,
             },

@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use oneiro_proto::v1 as pb;
+use oneiro_trainer::mnist::{Mnist, MnistSource};
 use oneiro_trainer::store::write_atomic;
 use oneiro_trainer::text_train::TextTrainOptions;
+use oneiro_trainer::vae_train::VaeTrainOptions;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tonic::{Code, Status};
@@ -52,12 +54,50 @@ impl JobState {
     }
 }
 
+/// What a job trains, with which settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+// Untagged so that job files written before the VAE existed (bare text options) still read.
+#[serde(untagged)]
+pub enum TrainPlan {
+    /// The VAE; `data: None` means the digits saved in the job's own `data/` directory.
+    Vae {
+        vae: VaeTrainOptions,
+        data: Option<MnistSource>,
+    },
+    /// The character model, on the job's `corpus.txt`.
+    Text(TextTrainOptions),
+}
+
+impl TrainPlan {
+    pub fn epochs(&self) -> u32 {
+        match self {
+            Self::Vae { vae, .. } => vae.epochs,
+            Self::Text(t) => t.epochs,
+        }
+    }
+
+    fn set_epochs(&mut self, epochs: u32) {
+        match self {
+            Self::Vae { vae, .. } => vae.epochs = epochs,
+            Self::Text(t) => t.epochs = epochs,
+        }
+    }
+}
+
+/// What a job trains on, saved next to it when it came with the request.
+pub enum JobData<'a> {
+    Corpus(&'a str),
+    Digits(&'a Mnist),
+    /// Named by the plan (a hub dataset, a directory of the daemon's).
+    InPlan,
+}
+
 /// What `job.json` holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct JobFile {
     id: String,
     model: String,
-    options: TextTrainOptions,
+    options: TrainPlan,
     target_epoch: u32,
     stop_on_disconnect: bool,
     created_unix: i64,
@@ -125,12 +165,17 @@ impl Job {
         self.lock().file.state
     }
 
-    pub fn options(&self) -> TextTrainOptions {
+    pub fn plan(&self) -> TrainPlan {
         self.lock().file.options.clone()
     }
 
     pub fn corpus_path(&self) -> PathBuf {
         self.dir.join("corpus.txt")
+    }
+
+    /// Where digits that came with the request are kept (IDX files).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
     }
 
     pub fn info(&self) -> pb::JobInfo {
@@ -173,7 +218,7 @@ impl Job {
             }
             Event::EpochEnd(e) => g.file.last_loss = Some(e.loss),
             Event::Checkpoint(_) | Event::Finished(_) | Event::Stopped(_) => persist = true,
-            Event::Sample(_) => {}
+            Event::Sample(_) | Event::Image(_) => {}
         }
         g.file.updated_unix = now_unix();
         let msg = pb::TrainEvent {
@@ -259,7 +304,7 @@ impl Job {
 
     /// Re-arms a stopped job for another run; false if it is active (someone else
     /// re-armed it first).
-    fn rearm(&self, options: TextTrainOptions) -> bool {
+    fn rearm(&self, options: TrainPlan) -> bool {
         let mut g = self.lock();
         if g.file.state.is_active() {
             return false;
@@ -348,14 +393,14 @@ impl JobManager {
         self.jobs.lock().expect("job table poisoned")
     }
 
-    /// Registers a queued job and saves its corpus next to it.
+    /// Registers a queued job and saves its data next to it.
     pub fn create(
         &self,
         model: &str,
-        options: TextTrainOptions,
+        options: TrainPlan,
         target_epoch: u32,
         stop_on_disconnect: bool,
-        corpus: &str,
+        data: JobData<'_>,
     ) -> Result<Arc<Job>, ServiceError> {
         let id = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let dir = self.dir.join(&id);
@@ -404,7 +449,18 @@ impl JobManager {
         }
         let written = std::fs::create_dir_all(&job.dir)
             .map_err(oneiro_trainer::Error::from)
-            .and_then(|_| write_atomic(&job.dir.join("corpus.txt"), corpus.as_bytes()));
+            .and_then(|_| match data {
+                JobData::Corpus(corpus) => {
+                    write_atomic(&job.dir.join("corpus.txt"), corpus.as_bytes())
+                }
+                JobData::Digits(m) => {
+                    let dir = job.data_dir();
+                    std::fs::create_dir_all(&dir)?;
+                    oneiro_trainer::mnist::write_split(&dir, "train", &m.train)?;
+                    oneiro_trainer::mnist::write_split(&dir, "t10k", &m.test)
+                }
+                JobData::InPlan => Ok(()),
+            });
         if let Err(e) = written {
             self.discard(&job);
             return Err(e.into());
@@ -480,8 +536,8 @@ impl JobManager {
             ))
             .into());
         }
-        let mut options = job.options();
-        options.epochs = target - epochs_trained;
+        let mut options = job.plan();
+        options.set_epochs(target - epochs_trained);
         {
             // Under the table lock: no other job may become active on this model meanwhile.
             let table = self.lock();

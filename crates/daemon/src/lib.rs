@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod residency;
 pub mod server;
 pub mod service;
+pub mod vae_ops;
 pub mod worker;
 
 pub use config::DaemonConfig;

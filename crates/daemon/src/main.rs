@@ -61,6 +61,12 @@ struct Args {
     /// client could otherwise read any file the daemon can).
     #[arg(long, env = "ONEIRO_CORPUS_ROOT")]
     corpus_root: Option<PathBuf>,
+    /// Resolve hub datasets and weights from the local cache only (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
+    /// The hub cache directory [HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub].
+    #[arg(long, env = "ONEIRO_HUB_CACHE")]
+    hub_cache: Option<PathBuf>,
     /// Serve TLS with this PEM certificate chain (needs --tls-key).
     #[arg(long, env = "ONEIRO_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -99,6 +105,8 @@ async fn main() -> anyhow::Result<()> {
     config.metrics_listen = args.metrics_listen;
     config.memory_budget_bytes = args.memory_budget_mib << 20;
     config.corpus_root = args.corpus_root;
+    config.hub.offline |= args.offline;
+    config.hub.cache_dir = args.hub_cache;
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(oneiro_daemon::config::TlsFiles { cert, key });
     }

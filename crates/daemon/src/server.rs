@@ -128,6 +128,9 @@ async fn serve_inner(
     let mut builder = tonic::transport::Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()));
     if let Some(tls) = &tls {
+        // Two rustls providers are linked (ring for tonic, aws-lc-rs for the hub client):
+        // name one, or rustls panics at the first handshake. Already set is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let read = |p: &std::path::Path| {
             std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
         };

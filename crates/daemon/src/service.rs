@@ -19,9 +19,11 @@ use tracing::info_span;
 use crate::config::DaemonConfig;
 use crate::convert;
 use crate::error::ServiceError;
-use crate::jobs::{Job as TrainJob, JobManager, JobState};
+use crate::jobs::{Job as TrainJob, JobData, JobManager, JobState, TrainPlan};
 use crate::metrics::{Gauges, Metrics};
-use crate::worker::{Job, WorkerHandle};
+use crate::vae_ops;
+use crate::worker::{Job, VaeOp, VaeReply, WorkerHandle};
+use oneiro_trainer::mnist::Mnist;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -201,13 +203,99 @@ impl OneiroService {
         Ok(())
     }
 
-    fn submit_training(&self, job: &Arc<TrainJob>) -> Result<(), ServiceError> {
+    fn submit_training(
+        &self,
+        job: &Arc<TrainJob>,
+        digits: Option<Arc<Mnist>>,
+    ) -> Result<(), ServiceError> {
         let span = info_span!("train", job = %job.id, model = %job.model);
         self.worker.submit(Job::Train {
             job: job.clone(),
-            options: job.options(),
+            plan: job.plan(),
+            digits,
             span,
         })
+    }
+
+    /// Runs a VAE request on the device: decodes it off the async threads, then waits
+    /// for the worker's answer.
+    async fn vae_call<R: Send + 'static>(
+        &self,
+        model: String,
+        decode: impl FnOnce() -> Result<VaeOp, ServiceError> + Send + 'static,
+        pick: impl FnOnce(VaeReply) -> Option<R>,
+    ) -> Result<Response<R>, Status> {
+        self.admit()?;
+        validate_name(&model).map_err(ServiceError::from)?;
+        let op = tokio::task::spawn_blocking(decode)
+            .await
+            .map_err(|e| Status::internal(format!("request decoding failed: {e}")))??;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let span = info_span!("vae", model = %model);
+        self.worker.submit(Job::Vae {
+            model,
+            op,
+            reply,
+            span,
+        })?;
+        let answer = rx.await.map_err(|_| ServiceError::WorkerGone)??;
+        pick(answer)
+            .map(Response::new)
+            .ok_or_else(|| Status::internal("the worker answered another request kind"))
+    }
+
+    /// Trains a VAE: resolves and checks its digits, creates the model if asked, queues
+    /// the job.
+    async fn train_vae(
+        &self,
+        req: pb::TrainRequest,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Response<EventStream<pb::TrainEvent>>, Status> {
+        let options = convert::vae_train_options(req.options.as_ref());
+        options.validate().map_err(ServiceError::from)?;
+        if self.jobs.active_for(&req.model).is_some() {
+            return Err(ServiceError::Busy(req.model).into());
+        }
+        let data = match &req.data {
+            Some(pb::train_request::Data::Digits(d)) => d.source.clone(),
+            _ => None,
+        };
+        let (config, r) = (self.config.clone(), req.clone());
+        let (source, digits, record) = self
+            .with_store(move |s| {
+                // The data first: a bad data set must not leave a new, empty model behind.
+                let (source, digits) = crate::vae_ops::resolve_digits(data, &config)?;
+                let record = ensure_vae_model(s, &r)?;
+                Ok((source, Arc::new(digits), record))
+            })
+            .await?;
+        let jobs = self.jobs.clone();
+        let (model, stop) = (req.model.clone(), req.stop_on_disconnect);
+        let target = record.epochs_trained + options.epochs;
+        let d = digits.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let inline = source.is_none();
+            let plan = TrainPlan::Vae {
+                vae: options,
+                data: source,
+            };
+            let data = if inline {
+                JobData::Digits(&d)
+            } else {
+                JobData::InPlan
+            };
+            jobs.create(&model, plan, target, stop, data)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("job creation failed: {e}")))??;
+        if let Err(e) = self.submit_training(&job, Some(digits)) {
+            self.jobs.discard(&job);
+            return Err(e.into());
+        }
+        Ok(Response::new(permitted(
+            watch(job, req.stop_on_disconnect),
+            permit,
+        )))
     }
 
     /// Runs a blocking store operation off the async threads.
@@ -226,7 +314,7 @@ impl OneiroService {
         let invalid = ServiceError::InvalidArgument;
         let source = match &req.data {
             Some(pb::train_request::Data::Text(c)) => c.source.as_ref(),
-            None => None,
+            Some(pb::train_request::Data::Digits(_)) | None => None,
         };
         let max = self.config.max_corpus_bytes;
         let text = match source {
@@ -266,21 +354,7 @@ impl OneiroService {
 fn read_server_corpus(root: &Path, p: &str, max: usize) -> Result<String, ServiceError> {
     use std::io::Read;
     let invalid = ServiceError::InvalidArgument;
-    let root = root.canonicalize().map_err(|e| {
-        invalid(format!(
-            "the corpus root {} is unusable: {e}",
-            root.display()
-        ))
-    })?;
-    let path = root
-        .join(p)
-        .canonicalize()
-        .map_err(|e| invalid(format!("cannot read corpus {p:?}: {e}")))?;
-    if !path.starts_with(&root) {
-        return Err(invalid(format!(
-            "corpus {p:?} is outside the daemon's corpus root"
-        )));
-    }
+    let path = server_path(root, p, "corpus")?;
     if !path.is_file() {
         return Err(invalid(format!("corpus {p:?} is not a regular file")));
     }
@@ -301,6 +375,32 @@ fn read_server_corpus(root: &Path, p: &str, max: usize) -> Result<String, Servic
     })
 }
 
+/// A path on the daemon's disk named by a request: only under `root` (after resolving
+/// links and `..`). `what` names it in errors ("corpus", "data directory").
+pub(crate) fn server_path(
+    root: &Path,
+    p: &str,
+    what: &str,
+) -> Result<std::path::PathBuf, ServiceError> {
+    let invalid = ServiceError::InvalidArgument;
+    let root = root.canonicalize().map_err(|e| {
+        invalid(format!(
+            "the corpus root {} is unusable: {e}",
+            root.display()
+        ))
+    })?;
+    let path = root
+        .join(p)
+        .canonicalize()
+        .map_err(|e| invalid(format!("cannot read {what} {p:?}: {e}")))?;
+    if !path.starts_with(&root) {
+        return Err(invalid(format!(
+            "{what} {p:?} is outside the daemon's corpus root"
+        )));
+    }
+    Ok(path)
+}
+
 /// Creates the model when asked to, or checks that explicitly requested settings match
 /// the existing model's.
 /// Also checks the corpus against the model's settings before anything is created, so a
@@ -317,28 +417,75 @@ fn ensure_model(
             .split(validation_split)
             .map(|_| ())
     };
-    let requested = req
-        .create_config
-        .as_ref()
-        .map(|pb::train_request::CreateConfig::CharLstm(c)| c);
+    let requested = match &req.create_config {
+        Some(pb::train_request::CreateConfig::CharLstm(c)) => Some(c),
+        Some(pb::train_request::CreateConfig::Vae(_)) => {
+            return Err(ServiceError::InvalidArgument(
+                "a text corpus trains a char-lstm model; the request gives a VAE configuration"
+                    .into(),
+            ));
+        }
+        None => None,
+    };
     match store.load(&req.model) {
         Ok(record) => {
+            let existing = record.text_config()?;
             if let Some(p) = requested {
-                let wanted = convert::char_lstm_config(Some(p), &record.char_lstm);
-                if wanted != record.char_lstm {
+                let wanted = convert::char_lstm_config(Some(p), existing);
+                if wanted != *existing {
                     return Err(ServiceError::InvalidArgument(format!(
                         "model {:?} exists with {:?}; the request asks for {:?} (delete the model or drop those settings)",
-                        req.model, record.char_lstm, wanted
+                        req.model, existing, wanted
                     )));
                 }
             }
-            check(&record.char_lstm, record.vocabulary().as_ref())?;
+            check(existing, record.vocabulary().as_ref())?;
             Ok(record)
         }
         Err(oneiro_trainer::Error::NotFound(_)) if req.create_if_missing => {
             let config = convert::char_lstm_config(requested, &Default::default());
             check(&config, None)?;
             let record = ModelRecord::new_char_lstm(&req.model, config);
+            store.create(&record)?;
+            Ok(record)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The VAE counterpart of [`ensure_model`].
+fn ensure_vae_model(
+    store: &ModelStore,
+    req: &pb::TrainRequest,
+) -> Result<ModelRecord, ServiceError> {
+    let requested = match &req.create_config {
+        Some(pb::train_request::CreateConfig::Vae(c)) => Some(c),
+        Some(pb::train_request::CreateConfig::CharLstm(_)) => {
+            return Err(ServiceError::InvalidArgument(
+                "digit data trains a VAE; the request gives a char-lstm configuration".into(),
+            ));
+        }
+        None => None,
+    };
+    match store.load(&req.model) {
+        Ok(record) => {
+            let existing = record.vae_config()?;
+            if let Some(p) = requested {
+                let wanted = convert::vae_config(Some(p), existing);
+                if wanted != *existing {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "model {:?} exists with {:?}; the request asks for {:?} (delete the model or drop those settings)",
+                        req.model, existing, wanted
+                    )));
+                }
+            }
+            Ok(record)
+        }
+        Err(oneiro_trainer::Error::NotFound(_)) if req.create_if_missing => {
+            let record = ModelRecord::new_vae(
+                &req.model,
+                convert::vae_config(requested, &Default::default()),
+            );
             store.create(&record)?;
             Ok(record)
         }
@@ -380,15 +527,21 @@ impl Oneiro for OneiroService {
         req: Request<pb::CreateModelRequest>,
     ) -> Result<Response<pb::ModelInfo>, Status> {
         let req = req.into_inner();
-        let config = match &req.config {
-            Some(pb::create_model_request::Config::CharLstm(c)) => {
-                convert::char_lstm_config(Some(c), &Default::default())
-            }
-            None => Default::default(),
-        };
         let info = self
             .with_store(move |s| {
-                let record = ModelRecord::new_char_lstm(&req.name, config);
+                let record = match &req.config {
+                    Some(pb::create_model_request::Config::Vae(c)) => ModelRecord::new_vae(
+                        &req.name,
+                        convert::vae_config(Some(c), &Default::default()),
+                    ),
+                    Some(pb::create_model_request::Config::CharLstm(c)) => {
+                        ModelRecord::new_char_lstm(
+                            &req.name,
+                            convert::char_lstm_config(Some(c), &Default::default()),
+                        )
+                    }
+                    None => ModelRecord::new_char_lstm(&req.name, Default::default()),
+                };
                 s.create(&record)?;
                 Ok(convert::model_info(&record))
             })
@@ -465,6 +618,14 @@ impl Oneiro for OneiroService {
         let permit = self.stream_permit()?;
         let req = req.into_inner();
         validate_name(&req.model).map_err(ServiceError::from)?;
+        if matches!(req.data, Some(pb::train_request::Data::Digits(_)))
+            || matches!(
+                req.create_config,
+                Some(pb::train_request::CreateConfig::Vae(_))
+            )
+        {
+            return self.train_vae(req, permit).await;
+        }
         let options = convert::train_options(req.options.as_ref());
         options.validate().map_err(ServiceError::from)?;
         if self.jobs.active_for(&req.model).is_some() {
@@ -482,11 +643,17 @@ impl Oneiro for OneiroService {
         let (model, stop) = (req.model.clone(), req.stop_on_disconnect);
         let target = record.epochs_trained + options.epochs;
         let job = tokio::task::spawn_blocking(move || {
-            jobs.create(&model, options, target, stop, &corpus)
+            jobs.create(
+                &model,
+                TrainPlan::Text(options),
+                target,
+                stop,
+                JobData::Corpus(&corpus),
+            )
         })
         .await
         .map_err(|e| Status::internal(format!("job creation failed: {e}")))??;
-        if let Err(e) = self.submit_training(&job) {
+        if let Err(e) = self.submit_training(&job, None) {
             self.jobs.discard(&job);
             return Err(e.into());
         }
@@ -547,7 +714,7 @@ impl Oneiro for OneiroService {
         let model = job.model.clone();
         let record = self.with_store(move |s| Ok(s.load(&model)?)).await?;
         self.jobs.rearm(&job, record.epochs_trained)?;
-        if let Err(e) = self.submit_training(&job) {
+        if let Err(e) = self.submit_training(&job, None) {
             job.finish(
                 JobState::Interrupted,
                 e.to_string(),
@@ -593,5 +760,85 @@ impl Oneiro for OneiroService {
             Box::pin(ReceiverStream::new(rx)),
             permit,
         )))
+    }
+
+    async fn vae_grid(
+        &self,
+        req: Request<pb::VaeGridRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        let req = req.into_inner();
+        self.vae_call(
+            req.model.clone(),
+            move || vae_ops::op_from_grid(&req),
+            |r| match r {
+                VaeReply::Grid(i) => Some(i),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    async fn vae_decode(
+        &self,
+        req: Request<pb::VaeDecodeRequest>,
+    ) -> Result<Response<pb::VaeDecodeResponse>, Status> {
+        let req = req.into_inner();
+        self.vae_call(
+            req.model.clone(),
+            move || vae_ops::op_from_decode(&req),
+            |r| match r {
+                VaeReply::Decode(d) => Some(d),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    async fn vae_encode(
+        &self,
+        req: Request<pb::VaeEncodeRequest>,
+    ) -> Result<Response<pb::VaeEncodeResponse>, Status> {
+        let req = req.into_inner();
+        self.vae_call(
+            req.model.clone(),
+            move || vae_ops::op_from_encode(&req),
+            |r| match r {
+                VaeReply::Encode(e) => Some(e),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    async fn vae_concept(
+        &self,
+        req: Request<pb::VaeConceptRequest>,
+    ) -> Result<Response<pb::VaeConceptResponse>, Status> {
+        let req = req.into_inner();
+        self.vae_call(
+            req.model.clone(),
+            move || vae_ops::op_from_concept(&req),
+            |r| match r {
+                VaeReply::Concept(c) => Some(c),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    async fn vae_morph(
+        &self,
+        req: Request<pb::VaeMorphRequest>,
+    ) -> Result<Response<pb::VaeMorphResponse>, Status> {
+        let req = req.into_inner();
+        self.vae_call(
+            req.model.clone(),
+            move || vae_ops::op_from_morph(&req),
+            |r| match r {
+                VaeReply::Morph(m) => Some(m),
+                _ => None,
+            },
+        )
+        .await
     }
 }

@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use oneiro_proto::v1 as pb;
 use oneiro_trainer::events::{EventSink, Stop};
+use oneiro_trainer::mnist::Mnist;
+use oneiro_trainer::store::ModelKind;
 use oneiro_trainer::text_generate::CharGenerator;
-use oneiro_trainer::text_train::{TextTrainOptions, device_name, train_char_lstm};
+use oneiro_trainer::text_train::{device_name, train_char_lstm};
+use oneiro_trainer::vae_infer::VaeRunner;
+use oneiro_trainer::vae_train::train_vae;
 use oneiro_trainer::{ModelStore, TrainEvent};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -22,7 +26,7 @@ use tracing::{Span, error, info, warn};
 use crate::convert;
 use crate::device::DeviceSpec;
 use crate::error::ServiceError;
-use crate::jobs::{Job as TrainJob, JobState};
+use crate::jobs::{Job as TrainJob, JobState, TrainPlan};
 use crate::metrics::Metrics;
 use crate::residency::{Residency, Snapshot};
 
@@ -31,7 +35,17 @@ pub type Reply<T> = mpsc::Sender<Result<T, Status>>;
 pub enum Job {
     Train {
         job: Arc<TrainJob>,
-        options: TextTrainOptions,
+        plan: TrainPlan,
+        /// Digits already loaded (and checked) by the service; `None`: load them from
+        /// the plan's source (a resumed job).
+        digits: Option<Arc<Mnist>>,
+        span: Span,
+    },
+    /// A VAE request, answered with the finished response.
+    Vae {
+        model: String,
+        op: VaeOp,
+        reply: tokio::sync::oneshot::Sender<Result<VaeReply, ServiceError>>,
         span: Span,
     },
     /// Load a model ahead of use; replies whether it was resident already.
@@ -53,6 +67,47 @@ pub enum Job {
         chunks: Reply<pb::GenerateChunk>,
         span: Span,
     },
+}
+
+/// What a VAE request asks of the resident model. Images arrive decoded to 28×28 grey.
+pub enum VaeOp {
+    Grid {
+        size: usize,
+    },
+    Decode {
+        points: Vec<Vec<f32>>,
+    },
+    Encode {
+        images: Vec<Vec<f32>>,
+    },
+    Concept {
+        from: u32,
+        to: u32,
+        vector: Option<Vec<f32>>,
+        amount: f32,
+        image: Option<Vec<f32>>,
+    },
+    Morph {
+        from: Vec<f32>,
+        to: Vec<f32>,
+        frames: usize,
+        gif_frame_ms: Option<u32>,
+    },
+}
+
+pub enum VaeReply {
+    Grid(pb::Image),
+    Decode(pb::VaeDecodeResponse),
+    Encode(pb::VaeEncodeResponse),
+    Concept(pb::VaeConceptResponse),
+    Morph(pb::VaeMorphResponse),
+}
+
+/// A model loaded on the device.
+#[derive(Clone)]
+enum Resident {
+    Text(Arc<CharGenerator>),
+    Vae(Arc<VaeRunner>),
 }
 
 /// The async side's handle on a device worker.
@@ -154,7 +209,7 @@ struct Worker {
     metrics: Arc<Metrics>,
     /// Loaded models, kept resident between requests; keyed by name, valid for one
     /// (uid, revision) of the model.
-    resident: Residency<CharGenerator>,
+    resident: Residency<Resident>,
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -221,12 +276,17 @@ impl Worker {
         info!(device = %device_name(&self.device), "worker started");
         while let Some(job) = rx.blocking_recv() {
             match job {
-                Job::Train { job, options, span } => {
+                Job::Train {
+                    job,
+                    plan,
+                    digits,
+                    span,
+                } => {
                     let _g = span.enter();
                     // A panic in tensor code must not leave the job running forever or
                     // take the device down: fail the job and keep serving.
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        self.train(&job, &options)
+                        self.train(&job, &plan, digits)
                     }));
                     if let Err(panic) = run {
                         error!(job = %job.id, panic = panic_message(&panic), "training panicked");
@@ -238,12 +298,32 @@ impl Worker {
                 Job::Load { model, reply } => {
                     let was = self.resident.contains(&model);
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        self.generator(&model)
+                        self.resident(&model)
                     }));
                     let result = match run {
                         Ok(r) => r.map(|_| was),
                         Err(panic) => Err(ServiceError::Internal(panic_message(&panic))),
                     };
+                    let _ = reply.send(result);
+                }
+                Job::Vae {
+                    model,
+                    op,
+                    reply,
+                    span,
+                } => {
+                    let _g = span.enter();
+                    if reply.is_closed() {
+                        continue;
+                    }
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.vae(&model, op)
+                    }));
+                    let result = run.unwrap_or_else(|panic| {
+                        error!(model = %model, panic = panic_message(&panic), "VAE request panicked");
+                        self.resident.remove(&model);
+                        Err(ServiceError::Internal(panic_message(&panic)))
+                    });
                     let _ = reply.send(result);
                 }
                 Job::Unload { model, reply } => {
@@ -279,7 +359,7 @@ impl Worker {
         info!("worker stopped");
     }
 
-    fn train(&mut self, job: &TrainJob, options: &TextTrainOptions) {
+    fn train(&mut self, job: &TrainJob, plan: &TrainPlan, digits: Option<Arc<Mnist>>) {
         if job.state() != JobState::Queued {
             return; // cancelled while it waited
         }
@@ -290,25 +370,37 @@ impl Worker {
             job.finish(state, why, tonic::Code::Cancelled);
             return;
         }
-        let corpus = match std::fs::read_to_string(job.corpus_path()) {
-            Ok(c) => c,
-            Err(e) => {
-                let msg = format!("cannot read the job's saved corpus: {e}");
-                job.finish(JobState::Failed, msg, tonic::Code::DataLoss);
-                return;
+        let mut sink = JobSink {
+            job,
+            metrics: &self.metrics,
+        };
+        let result = match plan {
+            TrainPlan::Text(options) => match std::fs::read_to_string(job.corpus_path()) {
+                Ok(corpus) => train_char_lstm(
+                    &self.store,
+                    &job.model,
+                    &corpus,
+                    options,
+                    &self.device,
+                    &mut sink,
+                ),
+                Err(e) => {
+                    let msg = format!("cannot read the job's saved corpus: {e}");
+                    job.finish(JobState::Failed, msg, tonic::Code::DataLoss);
+                    return;
+                }
+            },
+            TrainPlan::Vae { vae, data } => {
+                let loaded = match (digits, data) {
+                    (Some(d), _) => Ok(d),
+                    (None, Some(source)) => source.load().map(Arc::new),
+                    (None, None) => oneiro_trainer::mnist::load_dir(&job.data_dir()).map(Arc::new),
+                };
+                loaded.and_then(|d| {
+                    train_vae(&self.store, &job.model, &d, vae, &self.device, &mut sink)
+                })
             }
         };
-        let result = train_char_lstm(
-            &self.store,
-            &job.model,
-            &corpus,
-            options,
-            &self.device,
-            &mut JobSink {
-                job,
-                metrics: &self.metrics,
-            },
-        );
         self.resident.remove(&job.model);
         match result {
             Ok(r) => {
@@ -341,17 +433,30 @@ impl Worker {
         }
     }
 
-    fn generator(
+    /// The model loaded on the device (loading it if needed), and its description.
+    fn resident(
         &mut self,
         name: &str,
-    ) -> Result<(Arc<CharGenerator>, Option<String>), ServiceError> {
+    ) -> Result<(Arc<Resident>, oneiro_trainer::ModelRecord), ServiceError> {
         let record = self.store.load(name)?;
         let key = (record.uid, record.revision);
-        if let Some(g) = self.resident.get(name, key) {
-            return Ok((g, record.seed_text));
+        if let Some(r) = self.resident.get(name, key) {
+            return Ok((r, record));
         }
         let started = Instant::now();
-        let g = Arc::new(CharGenerator::load(&self.store, &record, &self.device)?);
+        let (loaded, bytes) = match record.kind {
+            ModelKind::CharLstm => {
+                let g = CharGenerator::load(&self.store, &record, &self.device)?;
+                let bytes = g.resident_bytes();
+                (Resident::Text(Arc::new(g)), bytes)
+            }
+            ModelKind::Vae => {
+                let v = VaeRunner::load(&self.store, &record, &self.device)?;
+                let bytes = v.resident_bytes();
+                (Resident::Vae(Arc::new(v)), bytes)
+            }
+        };
+        let loaded = Arc::new(loaded);
         info!(
             model = name,
             ms = started.elapsed().as_millis() as u64,
@@ -359,12 +464,31 @@ impl Worker {
         );
         let evicted = self
             .resident
-            .insert(name, key, g.clone(), g.resident_bytes())
+            .insert(name, key, loaded.clone(), bytes)
             .map_err(ServiceError::OverBudget)?;
         for other in evicted {
             info!(model = %other, "unloaded to stay within the memory budget");
         }
-        Ok((g, record.seed_text))
+        Ok((loaded, record))
+    }
+
+    fn generator(
+        &mut self,
+        name: &str,
+    ) -> Result<(Arc<CharGenerator>, Option<String>), ServiceError> {
+        let (loaded, record) = self.resident(name)?;
+        match loaded.as_ref() {
+            Resident::Text(g) => Ok((g.clone(), record.seed_text)),
+            Resident::Vae(_) => Err(record.text_config().unwrap_err().into()),
+        }
+    }
+
+    fn vae(&mut self, name: &str, op: VaeOp) -> Result<VaeReply, ServiceError> {
+        let (loaded, record) = self.resident(name)?;
+        let Resident::Vae(runner) = loaded.as_ref() else {
+            return Err(record.vae_config().unwrap_err().into());
+        };
+        crate::vae_ops::run(runner, op)
     }
 
     fn generate(

@@ -36,7 +36,26 @@ impl Default for VaeConfig {
     }
 }
 
-const SIDE: usize = 28;
+impl VaeConfig {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.latent_dim == 0 || self.latent_dim > 512 {
+            return Err(format!(
+                "latent dimension must be between 1 and 512, got {}",
+                self.latent_dim
+            ));
+        }
+        if !(self.kl_weight.is_finite() && self.kl_weight >= 0.0) {
+            return Err(format!(
+                "KL weight must be a finite number >= 0, got {}",
+                self.kl_weight
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Side of the square grey images the VAE reads and writes.
+pub const SIDE: usize = 28;
 const HALF: usize = 14;
 
 /// (key, shape) of every weight, in a fixed order.
@@ -97,11 +116,8 @@ fn glorot_fans(shape: &[usize], transpose: bool) -> (usize, usize) {
 impl Vae {
     /// Keras initialisation: Glorot-uniform kernels, zero biases.
     pub fn new_random(config: VaeConfig, rng: &mut impl Rng, dev: &Device) -> Result<Self> {
-        if config.latent_dim == 0 || config.latent_dim > 512 {
-            bail!(
-                "latent dimension must be between 1 and 512, got {}",
-                config.latent_dim
-            )
+        if let Err(e) = config.validate() {
+            bail!("{e}")
         }
         let mut params = Vec::new();
         for (key, shape) in layout(config.latent_dim) {
@@ -235,7 +251,13 @@ impl Vae {
     pub fn loss(&self, images: &Tensor, eps: &Tensor) -> Result<VaeLoss> {
         let enc = self.encode(images)?;
         let z = self.sample(&enc, eps)?;
-        let logits = self.decode_logits(&z)?.flatten_from(1)?;
+        let logits = self.decode_logits(&z)?;
+        self.loss_of(images, &enc, &logits)
+    }
+
+    /// The loss of decoder `logits` for `images`, with the encoding they came from.
+    pub fn loss_of(&self, images: &Tensor, enc: &Encoded, logits: &Tensor) -> Result<VaeLoss> {
+        let logits = logits.flatten_from(1)?;
         let target = images.flatten_from(1)?;
         // Stable BCE from logits: max(x, 0) − x·t + log(1 + exp(−|x|)).
         let bce = ((logits.relu()? - (&logits * &target)?)?

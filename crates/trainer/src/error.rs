@@ -21,6 +21,9 @@ pub enum Error {
     /// Training produced a non-finite loss.
     #[error("{0}")]
     Diverged(String),
+    /// A remote resource (the hub) cannot be reached, or is not cached in offline mode.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
     #[error("i/o error: {0}")]

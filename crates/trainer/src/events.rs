@@ -27,6 +27,16 @@ pub enum TrainEvent {
         loss: f32,
         val_loss: Option<f32>,
         seconds: f32,
+        /// Models whose loss is a sum (the VAE) report its terms too.
+        parts: Option<LossParts>,
+    },
+    /// A picture of the model's progress (the VAE's latent grid, the GAN's samples).
+    Image {
+        epoch: u32,
+        step: u32,
+        /// What the picture shows, e.g. "latent grid 15×15".
+        caption: String,
+        png: Vec<u8>,
     },
     Sample {
         epoch: u32,
@@ -45,6 +55,15 @@ pub enum TrainEvent {
         final_loss: f32,
         seconds: f32,
     },
+}
+
+/// The VAE's loss split into its two terms, for training and validation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossParts {
+    pub reconstruction: f32,
+    pub kl: f32,
+    pub val_reconstruction: Option<f32>,
+    pub val_kl: Option<f32>,
 }
 
 /// Returned by a sink that wants the run to stop (its client went away).

@@ -6,12 +6,17 @@
 pub mod bench;
 pub mod error;
 pub mod events;
+pub mod hub;
+pub mod imageio;
 pub mod mnist;
+pub mod parquet_images;
 pub mod store;
 pub mod text_data;
 pub mod text_generate;
 pub mod text_train;
+pub mod vae_infer;
+pub mod vae_train;
 
 pub use error::{Error, Result};
-pub use events::{Stop, TrainEvent};
+pub use events::{LossParts, Stop, TrainEvent};
 pub use store::{ModelRecord, ModelStore};

@@ -1,4 +1,5 @@
-//! MNIST in its classic IDX files (`train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
+//! MNIST from the hub's parquet copy (`ylecun/mnist`, PNG-encoded digits) or from its
+//! classic IDX files (`train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
 //! `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`), gzipped or not.
 //!
 //! The IDX format is a few lines of big-endian headers; hand-read here because the crates
@@ -8,7 +9,41 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::{Error, Result};
+use crate::hub::{self, HubOptions};
+use crate::{Error, Result, imageio, parquet_images};
+
+/// The hub's copy of MNIST, and its two files.
+pub const HUB_REPO: &str = "ylecun/mnist";
+pub const HUB_FILES: [&str; 2] = [
+    "mnist/train-00000-of-00001.parquet",
+    "mnist/test-00000-of-00001.parquet",
+];
+const SIDE: usize = 28;
+
+/// Where a training's digits come from; saved with a job so a resume reads the same data.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MnistSource {
+    /// A hub dataset repository with MNIST's parquet layout.
+    Hub { repo: String, options: HubOptions },
+    /// A directory with the four IDX files.
+    Dir(PathBuf),
+    /// Two parquet files in the hub's layout.
+    Parquet { train: PathBuf, test: PathBuf },
+}
+
+impl MnistSource {
+    pub fn load(&self) -> Result<Mnist> {
+        match self {
+            Self::Hub { repo, options } => {
+                let files = hub::dataset_files(repo, &HUB_FILES, options)?;
+                load_parquet(&files[0], &files[1])
+            }
+            Self::Dir(dir) => load_dir(dir),
+            Self::Parquet { train, test } => load_parquet(train, test),
+        }
+    }
+}
 
 const IMAGES_MAGIC: u32 = 0x0000_0803;
 const LABELS_MAGIC: u32 = 0x0000_0801;
@@ -175,6 +210,104 @@ pub fn load_dir(dir: &Path) -> Result<Mnist> {
     })
 }
 
+/// A split from hub-layout parquet rows: each image decoded and brought to 28×28 grey.
+fn split_from_parquet(path: &Path) -> Result<Split> {
+    let rows = parquet_images::read_rows(path, "image", "label")?;
+    let mut images = Vec::with_capacity(rows.len() * SIDE * SIDE);
+    let mut labels = Vec::with_capacity(rows.len());
+    for (i, (bytes, label)) in rows.iter().enumerate() {
+        let what = format!("{} row {i}", path.display());
+        if !(0..=9).contains(label) {
+            return Err(Error::Corrupt(format!(
+                "{what}: label {label} is not a digit"
+            )));
+        }
+        let img = imageio::decode(bytes, &what).map_err(|e| Error::Corrupt(e.to_string()))?;
+        images.extend(
+            imageio::to_grey_square(&img, SIDE as u32)
+                .into_iter()
+                .map(|v| (v * 255.0).round() as u8),
+        );
+        labels.push(*label as u8);
+    }
+    Ok(Split {
+        count: labels.len(),
+        images,
+        labels,
+        rows: SIDE,
+        cols: SIDE,
+    })
+}
+
+/// Loads the hub's two parquet files.
+pub fn load_parquet(train: &Path, test: &Path) -> Result<Mnist> {
+    Ok(Mnist {
+        train: split_from_parquet(train)?,
+        test: split_from_parquet(test)?,
+    })
+}
+
+/// Writes a split as a hub-layout parquet file of PNGs (tests and tools).
+pub fn write_parquet(path: &Path, split: &Split) -> Result<()> {
+    let rows = (0..split.count)
+        .map(|i| {
+            let px: Vec<f32> = split.image(i).iter().map(|&p| p as f32 / 255.0).collect();
+            let png = imageio::encode_png(&px, split.cols as u32, split.rows as u32, 1)?;
+            Ok((png, split.labels[i] as i64))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    parquet_images::write_rows(path, "image", "label", &rows)
+}
+
+/// A small digit-like data set: each of ten classes is a different stroke figure (ring,
+/// bar, cross, box...) drawn with random position, size and thickness. For tests and
+/// demonstrations where the real MNIST is not at hand; never a substitute for it.
+pub fn synthetic(count: usize, seed: u64) -> Split {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut images = vec![0u8; count * SIDE * SIDE];
+    let mut labels = Vec::with_capacity(count);
+    for i in 0..count {
+        let class = (i % 10) as u8;
+        let (cx, cy) = (
+            rng.random_range(11.0..17.0f32),
+            rng.random_range(11.0..17.0f32),
+        );
+        let r = rng.random_range(5.0..8.0f32);
+        let t = rng.random_range(1.0..2.2f32);
+        let img = &mut images[i * SIDE * SIDE..(i + 1) * SIDE * SIDE];
+        for y in 0..SIDE {
+            for x in 0..SIDE {
+                let (dx, dy) = (x as f32 - cx, y as f32 - cy);
+                let d = (dx * dx + dy * dy).sqrt();
+                let on = match class {
+                    0 => (d - r).abs() < t,
+                    1 => dx.abs() < t && dy.abs() < r,
+                    2 => dy.abs() < t && dx.abs() < r,
+                    3 => (dx - dy).abs() < t * 1.4 && d < r,
+                    4 => (dx + dy).abs() < t * 1.4 && d < r,
+                    5 => ((dx - dy).abs() < t * 1.4 || (dx + dy).abs() < t * 1.4) && d < r,
+                    6 => (dx.abs() < t || dy.abs() < t) && dx.abs() < r && dy.abs() < r,
+                    7 => dx.abs().max(dy.abs()) < r && dx.abs().max(dy.abs()) > r - 2.0 * t,
+                    8 => d < r * 0.6,
+                    _ => (d - r).abs() < t && dy < 0.0 || dx.abs() < t && dy >= 0.0 && dy < r,
+                };
+                if on {
+                    img[y * SIDE + x] = rng.random_range(200..=255);
+                }
+            }
+        }
+        labels.push(class);
+    }
+    Split {
+        images,
+        labels,
+        count,
+        rows: SIDE,
+        cols: SIDE,
+    }
+}
+
 /// Writes a split in IDX format (used by tests and tools to make small data sets).
 pub fn write_split(dir: &Path, prefix: &str, split: &Split) -> Result<()> {
     let mut images = Vec::with_capacity(16 + split.images.len());
@@ -232,6 +365,46 @@ mod tests {
         assert_eq!(m.train, tiny(5));
         assert_eq!(m.test, tiny(3));
         assert_eq!(m.test.image(1), &tiny(3).images[16..32]);
+    }
+
+    fn digits(count: usize) -> Split {
+        Split {
+            images: (0..count * 784).map(|i| (i * 13 % 256) as u8).collect(),
+            labels: (0..count).map(|i| (i % 10) as u8).collect(),
+            count,
+            rows: 28,
+            cols: 28,
+        }
+    }
+
+    #[test]
+    fn the_hub_layout_loads_through_the_cache_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let (train, test) = (dir.path().join("a.parquet"), dir.path().join("b.parquet"));
+        write_parquet(&train, &digits(7)).unwrap();
+        write_parquet(&test, &digits(3)).unwrap();
+        let cache = dir.path().join("hub");
+        crate::hub::seed_cache(
+            &cache,
+            HUB_REPO,
+            &[
+                (HUB_FILES[0], &std::fs::read(&train).unwrap()),
+                (HUB_FILES[1], &std::fs::read(&test).unwrap()),
+            ],
+        )
+        .unwrap();
+        let source = MnistSource::Hub {
+            repo: HUB_REPO.into(),
+            options: HubOptions {
+                offline: true,
+                cache_dir: Some(cache),
+                revision: None,
+            },
+        };
+        let m = source.load().unwrap();
+        // PNG is lossless: the pixels come back exactly.
+        assert_eq!(m.train, digits(7));
+        assert_eq!(m.test, digits(3));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use candle_core::{Device, Tensor};
-use oneiro_models::{CharLstmConfig, Vocabulary};
+use oneiro_models::{CharLstmConfig, VaeConfig, Vocabulary};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -29,6 +29,16 @@ const KEEP_CHECKPOINTS: usize = 2;
 #[serde(rename_all = "snake_case")]
 pub enum ModelKind {
     CharLstm,
+    Vae,
+}
+
+impl ModelKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CharLstm => "char-lstm",
+            Self::Vae => "vae",
+        }
+    }
 }
 
 /// RMSprop settings and progress, saved so a continued training resumes exactly.
@@ -66,7 +76,15 @@ pub struct ModelRecord {
     /// Random at creation: tells a re-created model from an earlier one of the same name.
     pub uid: u64,
     pub kind: ModelKind,
-    pub char_lstm: CharLstmConfig,
+    /// The configuration of the model's kind (exactly one is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub char_lstm: Option<CharLstmConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae: Option<VaeConfig>,
+    /// VAE: mean latent point of each digit class (from the labeled validation data), the
+    /// ends of concept vectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_means: Option<Vec<Vec<f32>>>,
     /// The sorted vocabulary, once trained.
     pub vocab: Option<Vec<char>>,
     pub epochs_trained: u32,
@@ -91,11 +109,27 @@ pub struct ModelRecord {
 impl ModelRecord {
     pub fn new_char_lstm(name: &str, config: CharLstmConfig) -> Self {
         Self {
+            char_lstm: Some(config),
+            ..Self::untrained(name, ModelKind::CharLstm)
+        }
+    }
+
+    pub fn new_vae(name: &str, config: VaeConfig) -> Self {
+        Self {
+            vae: Some(config),
+            ..Self::untrained(name, ModelKind::Vae)
+        }
+    }
+
+    fn untrained(name: &str, kind: ModelKind) -> Self {
+        Self {
             format: FORMAT,
             name: name.to_string(),
             uid: rand::random(),
-            kind: ModelKind::CharLstm,
-            char_lstm: config,
+            kind,
+            char_lstm: None,
+            vae: None,
+            class_means: None,
             vocab: None,
             epochs_trained: 0,
             progress: None,
@@ -108,6 +142,44 @@ impl ModelRecord {
             checkpoint: None,
             updated_unix: 0,
             revision: 0,
+        }
+    }
+
+    fn wrong_kind(&self, wanted: ModelKind) -> Error {
+        Error::FailedPrecondition(format!(
+            "model {:?} is a {} model, not a {} model",
+            self.name,
+            self.kind.name(),
+            wanted.name()
+        ))
+    }
+
+    /// The character model's settings, or an error naming the model's actual kind.
+    pub fn text_config(&self) -> Result<&CharLstmConfig> {
+        match (&self.kind, &self.char_lstm) {
+            (ModelKind::CharLstm, Some(c)) => Ok(c),
+            _ => Err(self.wrong_kind(ModelKind::CharLstm)),
+        }
+    }
+
+    pub fn vae_config(&self) -> Result<&VaeConfig> {
+        match (&self.kind, &self.vae) {
+            (ModelKind::Vae, Some(c)) => Ok(c),
+            _ => Err(self.wrong_kind(ModelKind::Vae)),
+        }
+    }
+
+    /// Checks the kind's configuration (exactly the kind's one present, and valid).
+    pub fn validate(&self) -> Result<()> {
+        match self.kind {
+            ModelKind::CharLstm => self
+                .text_config()?
+                .validate()
+                .map_err(Error::InvalidArgument),
+            ModelKind::Vae => self
+                .vae_config()?
+                .validate()
+                .map_err(Error::InvalidArgument),
         }
     }
 
@@ -190,10 +262,7 @@ impl ModelStore {
                 record.name
             )));
         }
-        record
-            .char_lstm
-            .validate()
-            .map_err(Error::InvalidArgument)?;
+        record.validate()?;
         fs::create_dir_all(dir.join("checkpoints"))?;
         self.write_record(record)
     }

@@ -58,18 +58,14 @@ impl CharGenerator {
 
     /// Loads the current checkpoint of `record` onto `device`.
     pub fn load(store: &ModelStore, record: &ModelRecord, device: &Device) -> Result<Self> {
+        let cfg = record.text_config()?;
         let vocab = record.vocabulary().ok_or_else(|| {
             Error::FailedPrecondition(format!("model {:?} has not been trained yet", record.name))
         })?;
         let (weights, _) = store.load_checkpoint(record, device)?;
-        let model = CharLstm::from_tensors(&weights, vocab.len(), record.char_lstm.hidden, device)
+        let model = CharLstm::from_tensors(&weights, vocab.len(), cfg.hidden, device)
             .map_err(|e| Error::Corrupt(format!("model {:?}: {e}", record.name)))?;
-        Self::new(
-            model,
-            vocab,
-            record.char_lstm.maxlen,
-            record.char_lstm.lowercase,
-        )
+        Self::new(model, vocab, cfg.maxlen, cfg.lowercase)
     }
 
     /// Encodes a seed text the way the corpus was pre-processed; names any character

@@ -88,7 +88,7 @@ const DEFAULT_LEARNING_RATE: f64 = 0.01;
 
 /// A distinct, reproducible stream for each (seed, epoch, purpose): continuing a model
 /// for more epochs draws what one longer run would have drawn.
-fn rng_for(seed: u64, epoch: u32, purpose: u64) -> ChaCha8Rng {
+pub(crate) fn rng_for(seed: u64, epoch: u32, purpose: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(((epoch as u64) << 8) | purpose);
     rng
@@ -128,7 +128,7 @@ pub fn train_char_lstm(
     opts.validate()?;
     let run_start = Instant::now();
     let mut record = store.load(name)?;
-    let cfg = record.char_lstm.clone();
+    let cfg = record.text_config()?.clone();
     let corpus = CharCorpus::prepare(text, &cfg, record.vocabulary().as_ref())?;
     let (train_ws, val_ws) = corpus.split(opts.validation_split)?;
     let seed = opts
@@ -371,6 +371,7 @@ pub fn train_char_lstm(
             loss: last_loss,
             val_loss,
             seconds,
+            parts: None,
         })
         .map_err(|s| Error::Cancelled(s.0))?;
 
