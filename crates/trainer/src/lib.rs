@@ -4,6 +4,7 @@
 //! per-device worker thread, the CLI's benchmarks call it directly.
 
 pub mod bench;
+pub mod cifar;
 pub mod error;
 pub mod events;
 pub mod hub;
