@@ -242,6 +242,11 @@ impl Client {
         Ok(self.inner.vae_morph(req).await?.into_inner())
     }
 
+    /// A PNG grid of a GAN's generated images.
+    pub async fn gan_sample(&mut self, req: pb::GanSampleRequest) -> Result<pb::Image> {
+        Ok(self.inner.gan_sample(req).await?.into_inner())
+    }
+
     /// Generates and collects the whole text.
     pub async fn generate_text(&mut self, req: pb::GenerateRequest) -> Result<String> {
         let mut stream = self.generate(req).await?;

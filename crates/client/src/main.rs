@@ -2,6 +2,9 @@
 //! `oneirod`; without, it starts the same engine in-process on a loopback port and
 //! drives that, so one command needs no second process.
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +16,7 @@ use oneiro_client::{BearerToken, Client, corpus, pb};
 use oneiro_daemon::DaemonConfig;
 use oneiro_daemon::device::DeviceSpec;
 
+mod gan_cli;
 mod vae_cli;
 
 #[derive(Parser, Debug)]
@@ -60,6 +64,9 @@ enum Command {
     /// Convolutional VAE on MNIST: training, latent grid, encode/decode, concept vectors.
     #[command(subcommand)]
     Vae(vae_cli::VaeCommand),
+    /// DCGAN on CIFAR-10 frogs (or your images): adversarial training, samples.
+    #[command(subcommand)]
+    Gan(gan_cli::GanCommand),
     /// The daemon's version, device and limits.
     Info,
     /// Training jobs on the daemon.
@@ -191,6 +198,8 @@ enum BenchCommand {
     TextGenerate(BenchArgs),
     /// One training step of the book's VAE (batch 16, 28×28, latent 2).
     VaeTrain(BenchArgs),
+    /// One adversarial step of the book's DCGAN (batch 20, 32×32, latent 32).
+    GanTrain(BenchArgs),
     /// Corpus preparation: characters, windows and peak memory.
     TextPrepare {
         #[arg(long)]
@@ -255,6 +264,7 @@ async fn run(cli: Cli) -> Result<()> {
     let detach = match &cli.command {
         Command::Text(TextCommand::Train(a)) => a.detach,
         Command::Vae(vae_cli::VaeCommand::Train(a)) => a.detach,
+        Command::Gan(gan_cli::GanCommand::Train(a)) => a.detach,
         Command::Jobs(JobsCommand::Resume { detach, .. }) => *detach,
         _ => false,
     };
@@ -295,6 +305,7 @@ async fn run(cli: Cli) -> Result<()> {
         match cli.command {
             Command::Text(t) => text(&mut client, t).await,
             Command::Vae(v) => vae_cli::run(&mut client, v).await,
+            Command::Gan(g) => gan_cli::run(&mut client, g).await,
             Command::Jobs(j) => jobs(&mut client, j).await,
             Command::Info => {
                 let i = client.info().await?;
@@ -431,6 +442,32 @@ async fn follow(
                     "--- temperature {}\n{}{}\n",
                     s.temperature, s.seed_text, s.text
                 );
+            }
+            Some(Event::Gan(g)) => {
+                if let Some(p) = bar.take() {
+                    p.finish_and_clear();
+                }
+                println!(
+                    "step {:>6}  discriminator loss {:.4} (right {:.0}%)  adversarial loss {:.4}  lr {:.2e}/{:.2e}",
+                    g.step,
+                    g.discriminator_loss,
+                    100.0 * g.discriminator_accuracy,
+                    g.adversarial_loss,
+                    g.discriminator_lr,
+                    g.generator_lr
+                );
+                if !g.warning.is_empty() {
+                    eprintln!("warning: {}", g.warning);
+                }
+                if let Some(dir) = images {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                    for (what, png) in [("generated", &g.generated_png), ("real", &g.real_png)] {
+                        let path = dir.join(format!("step{:06}-{what}.png", g.step));
+                        std::fs::write(&path, png)
+                            .with_context(|| format!("cannot write {}", path.display()))?;
+                    }
+                }
             }
             Some(Event::Image(i)) => match images {
                 Some(dir) => {
@@ -665,9 +702,10 @@ fn bench(cmd: &BenchCommand, device: DeviceSpec) -> Result<()> {
     use oneiro_trainer::bench;
     let dev = device.open().map_err(anyhow::Error::msg)?;
     let threads = match cmd {
-        BenchCommand::TextTrain(a) | BenchCommand::TextGenerate(a) | BenchCommand::VaeTrain(a) => {
-            a.threads
-        }
+        BenchCommand::TextTrain(a)
+        | BenchCommand::TextGenerate(a)
+        | BenchCommand::VaeTrain(a)
+        | BenchCommand::GanTrain(a) => a.threads,
         BenchCommand::TextPrepare { .. } => 1,
     };
     if threads == 0 {
@@ -696,6 +734,11 @@ fn bench(cmd: &BenchCommand, device: DeviceSpec) -> Result<()> {
         BenchCommand::VaeTrain(a) => {
             let s = bench::vae_train(&dev, a.steps.unwrap_or(50))?;
             serde_json::json!({"workload": "vae-train", "seconds_per_batch": s, "images_per_s": 16.0 / s,
+                "peer": "oneiro", "version": version, "threads": threads, "device": device})
+        }
+        BenchCommand::GanTrain(a) => {
+            let s = bench::gan_train(&dev, a.steps.unwrap_or(5))?;
+            serde_json::json!({"workload": "gan-train", "seconds_per_step": s, "steps_per_s": 1.0 / s,
                 "peer": "oneiro", "version": version, "threads": threads, "device": device})
         }
         BenchCommand::TextPrepare { corpus } => {

@@ -1,8 +1,9 @@
 //! Between the proto messages and the trainer's types. Zero / unset proto fields mean
 //! "the default" (the book's).
 
-use oneiro_models::{CharLstmConfig, VaeConfig};
+use oneiro_models::{CharLstmConfig, GanConfig, VaeConfig};
 use oneiro_proto::v1 as pb;
+use oneiro_trainer::gan_train::GanTrainOptions;
 use oneiro_trainer::store::ModelKind;
 use oneiro_trainer::text_train::TextTrainOptions;
 use oneiro_trainer::vae_train::VaeTrainOptions;
@@ -48,20 +49,68 @@ pub fn vae_to_proto(c: &VaeConfig) -> pb::VaeConfig {
     }
 }
 
+pub fn gan_config(p: Option<&pb::GanConfig>, base: &GanConfig) -> GanConfig {
+    let Some(p) = p else { return base.clone() };
+    let or = |v: u32, d: usize| if v == 0 { d } else { v as usize };
+    GanConfig {
+        latent_dim: or(p.latent_dim, base.latent_dim),
+        dropout: p.dropout.map_or(base.dropout, f64::from),
+        leaky_slope: p.leaky_slope.map_or(base.leaky_slope, f64::from),
+        generator_seed_channels: or(p.generator_seed_channels, base.generator_seed_channels),
+        generator_channels: or(p.generator_channels, base.generator_channels),
+        discriminator_channels: or(p.discriminator_channels, base.discriminator_channels),
+    }
+}
+
+pub fn gan_to_proto(c: &GanConfig) -> pb::GanConfig {
+    pb::GanConfig {
+        latent_dim: c.latent_dim as u32,
+        dropout: Some(c.dropout as f32),
+        leaky_slope: Some(c.leaky_slope as f32),
+        generator_seed_channels: c.generator_seed_channels as u32,
+        generator_channels: c.generator_channels as u32,
+        discriminator_channels: c.discriminator_channels as u32,
+    }
+}
+
+pub fn gan_train_options(p: Option<&pb::TrainOptions>) -> GanTrainOptions {
+    let d = GanTrainOptions::default();
+    let Some(p) = p else { return d };
+    let or = |v: u32, d: usize| if v == 0 { d } else { v as usize };
+    GanTrainOptions {
+        steps: if p.steps == 0 { d.steps } else { p.steps },
+        batch_size: or(p.batch_size, d.batch_size),
+        discriminator_lr: p.discriminator_lr.map_or(d.discriminator_lr, f64::from),
+        generator_lr: p.generator_lr.map_or(d.generator_lr, f64::from),
+        clip_value: p.clip_value.map_or(d.clip_value, |c| f64::from(c).max(0.0)),
+        decay: p.decay.unwrap_or(d.decay),
+        seed: p.seed,
+        sample_every: if p.sample_every == 0 {
+            d.sample_every
+        } else {
+            p.sample_every
+        },
+        sample_count: or(p.sample_count, d.sample_count),
+    }
+}
+
 pub fn model_info(r: &ModelRecord) -> pb::ModelInfo {
     let kind = match r.kind {
         ModelKind::CharLstm => pb::ModelKind::CharLstm,
         ModelKind::Vae => pb::ModelKind::Vae,
+        ModelKind::Gan => pb::ModelKind::Gan,
     };
-    let config = match (&r.char_lstm, &r.vae) {
-        (Some(c), _) => Some(pb::model_info::Config::CharLstm(char_lstm_to_proto(c))),
-        (None, Some(v)) => Some(pb::model_info::Config::Vae(vae_to_proto(v))),
-        (None, None) => None,
+    let config = match (&r.char_lstm, &r.vae, &r.gan) {
+        (Some(c), _, _) => Some(pb::model_info::Config::CharLstm(char_lstm_to_proto(c))),
+        (None, Some(v), _) => Some(pb::model_info::Config::Vae(vae_to_proto(v))),
+        (None, None, Some(g)) => Some(pb::model_info::Config::Gan(gan_to_proto(g))),
+        (None, None, None) => None,
     };
     pb::ModelInfo {
         name: r.name.clone(),
         kind: kind as i32,
         config,
+        steps_trained: r.steps_trained,
         classes_with_means: r
             .class_means
             .as_ref()
@@ -187,6 +236,27 @@ pub fn train_event(e: TrainEvent) -> pb::TrainEvent {
             kl_loss: parts.as_ref().map(|p| p.kl),
             val_reconstruction_loss: parts.as_ref().and_then(|p| p.val_reconstruction),
             val_kl_loss: parts.as_ref().and_then(|p| p.val_kl),
+        }),
+        TrainEvent::GanReport {
+            step,
+            discriminator_loss,
+            adversarial_loss,
+            discriminator_accuracy,
+            discriminator_lr,
+            generator_lr,
+            generated_png,
+            real_png,
+            warning,
+        } => Event::Gan(pb::GanProgress {
+            step,
+            discriminator_loss,
+            adversarial_loss,
+            discriminator_accuracy,
+            discriminator_lr,
+            generator_lr,
+            generated_png,
+            real_png,
+            warning: warning.unwrap_or_default(),
         }),
         TrainEvent::Image {
             epoch,

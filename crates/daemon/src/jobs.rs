@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use oneiro_proto::v1 as pb;
+use oneiro_trainer::cifar::ImageSource;
+use oneiro_trainer::gan_train::GanTrainOptions;
 use oneiro_trainer::mnist::{Mnist, MnistSource};
 use oneiro_trainer::store::write_atomic;
 use oneiro_trainer::text_train::TextTrainOptions;
@@ -59,6 +61,12 @@ impl JobState {
 // Untagged so that job files written before the VAE existed (bare text options) still read.
 #[serde(untagged)]
 pub enum TrainPlan {
+    /// The GAN; `images: None` means the images saved in the job's `images/` directory.
+    /// (`steps` counts as the plan's "epochs": jobs track GAN progress in steps.)
+    Gan {
+        gan: GanTrainOptions,
+        images: Option<ImageSource>,
+    },
     /// The VAE; `data: None` means the digits saved in the job's own `data/` directory.
     Vae {
         vae: VaeTrainOptions,
@@ -71,6 +79,7 @@ pub enum TrainPlan {
 impl TrainPlan {
     pub fn epochs(&self) -> u32 {
         match self {
+            Self::Gan { gan, .. } => gan.steps,
             Self::Vae { vae, .. } => vae.epochs,
             Self::Text(t) => t.epochs,
         }
@@ -78,6 +87,7 @@ impl TrainPlan {
 
     fn set_epochs(&mut self, epochs: u32) {
         match self {
+            Self::Gan { gan, .. } => gan.steps = epochs,
             Self::Vae { vae, .. } => vae.epochs = epochs,
             Self::Text(t) => t.epochs = epochs,
         }
@@ -88,6 +98,8 @@ impl TrainPlan {
 pub enum JobData<'a> {
     Corpus(&'a str),
     Digits(&'a Mnist),
+    /// Encoded images, saved as files.
+    Images(&'a [Vec<u8>]),
     /// Named by the plan (a hub dataset, a directory of the daemon's).
     InPlan,
 }
@@ -173,6 +185,11 @@ impl Job {
         self.dir.join("corpus.txt")
     }
 
+    /// Where images that came with a GAN request are kept.
+    pub fn images_dir(&self) -> PathBuf {
+        self.dir.join("images")
+    }
+
     /// Where digits that came with the request are kept (IDX files).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
@@ -218,7 +235,7 @@ impl Job {
             }
             Event::EpochEnd(e) => g.file.last_loss = Some(e.loss),
             Event::Checkpoint(_) | Event::Finished(_) | Event::Stopped(_) => persist = true,
-            Event::Sample(_) | Event::Image(_) => {}
+            Event::Sample(_) | Event::Image(_) | Event::Gan(_) => {}
         }
         g.file.updated_unix = now_unix();
         let msg = pb::TrainEvent {
@@ -459,6 +476,16 @@ impl JobManager {
                     oneiro_trainer::mnist::write_split(&dir, "train", &m.train)?;
                     oneiro_trainer::mnist::write_split(&dir, "t10k", &m.test)
                 }
+                JobData::Images(images) => {
+                    let dir = job.images_dir();
+                    std::fs::create_dir_all(&dir)?;
+                    for (i, bytes) in images.iter().enumerate() {
+                        // The extension only has to be one the folder loader reads;
+                        // the decoder sniffs the real format.
+                        std::fs::write(dir.join(format!("{i:06}.png")), bytes)?;
+                    }
+                    Ok(())
+                }
                 JobData::InPlan => Ok(()),
             });
         if let Err(e) = written {
@@ -519,6 +546,7 @@ impl JobManager {
     }
 
     /// Prepares a stopped job to run again for the epochs it has left.
+    /// `epochs_trained`: the model's progress in the plan's unit (steps for the GAN).
     pub fn rearm(&self, job: &Job, epochs_trained: u32) -> Result<(), ServiceError> {
         let state = job.state();
         if state == JobState::Finished {
@@ -531,7 +559,7 @@ impl JobManager {
         let target = job.target_epoch();
         if epochs_trained >= target {
             return Err(oneiro_trainer::Error::FailedPrecondition(format!(
-                "model {:?} already has {epochs_trained} epochs; job {} aimed at {target}",
+                "model {:?} is already at {epochs_trained} (epochs, or steps for a GAN); job {} aimed at {target}",
                 job.model, job.id
             ))
             .into());

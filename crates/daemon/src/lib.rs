@@ -8,6 +8,7 @@ pub mod config;
 pub mod convert;
 pub mod device;
 pub mod error;
+pub mod gan_ops;
 pub mod jobs;
 pub mod metrics;
 pub mod residency;

@@ -1,5 +1,8 @@
 //! `oneirod`: the long-running Oneiro daemon.
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

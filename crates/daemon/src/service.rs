@@ -22,8 +22,7 @@ use crate::error::ServiceError;
 use crate::jobs::{Job as TrainJob, JobData, JobManager, JobState, TrainPlan};
 use crate::metrics::{Gauges, Metrics};
 use crate::vae_ops;
-use crate::worker::{Job, VaeOp, VaeReply, WorkerHandle};
-use oneiro_trainer::mnist::Mnist;
+use crate::worker::{Job, Preloaded, VaeOp, VaeReply, WorkerHandle};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -206,15 +205,65 @@ impl OneiroService {
     fn submit_training(
         &self,
         job: &Arc<TrainJob>,
-        digits: Option<Arc<Mnist>>,
+        data: Option<Preloaded>,
     ) -> Result<(), ServiceError> {
         let span = info_span!("train", job = %job.id, model = %job.model);
         self.worker.submit(Job::Train {
             job: job.clone(),
             plan: job.plan(),
-            digits,
+            data,
             span,
         })
+    }
+
+    /// Trains a GAN: resolves and checks its images, creates the model if asked, queues
+    /// the job.
+    async fn train_gan(
+        &self,
+        req: pb::TrainRequest,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Response<EventStream<pb::TrainEvent>>, Status> {
+        let options = convert::gan_train_options(req.options.as_ref());
+        options.validate().map_err(ServiceError::from)?;
+        if self.jobs.active_for(&req.model).is_some() {
+            return Err(ServiceError::Busy(req.model).into());
+        }
+        let data = match &req.data {
+            Some(pb::train_request::Data::Images(d)) => Some(d.clone()),
+            _ => None,
+        };
+        let (config, r) = (self.config.clone(), req.clone());
+        let (source, images, inline, record) = self
+            .with_store(move |s| {
+                let (source, images, inline) = crate::gan_ops::resolve_images(data, &config)?;
+                let record = ensure_gan_model(s, &r)?;
+                Ok((source, Arc::new(images), inline, record))
+            })
+            .await?;
+        let jobs = self.jobs.clone();
+        let (model, stop) = (req.model.clone(), req.stop_on_disconnect);
+        let target = record.progress_units() + options.steps;
+        let job = tokio::task::spawn_blocking(move || {
+            let plan = TrainPlan::Gan {
+                gan: options,
+                images: source,
+            };
+            let data = match &inline {
+                Some(files) => JobData::Images(files),
+                None => JobData::InPlan,
+            };
+            jobs.create(&model, plan, target, stop, data)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("job creation failed: {e}")))??;
+        if let Err(e) = self.submit_training(&job, Some(Preloaded::Images(images))) {
+            self.jobs.discard(&job);
+            return Err(e.into());
+        }
+        Ok(Response::new(permitted(
+            watch(job, req.stop_on_disconnect),
+            permit,
+        )))
     }
 
     /// Runs a VAE request on the device: decodes it off the async threads, then waits
@@ -288,7 +337,7 @@ impl OneiroService {
         })
         .await
         .map_err(|e| Status::internal(format!("job creation failed: {e}")))??;
-        if let Err(e) = self.submit_training(&job, Some(digits)) {
+        if let Err(e) = self.submit_training(&job, Some(Preloaded::Digits(digits))) {
             self.jobs.discard(&job);
             return Err(e.into());
         }
@@ -314,7 +363,8 @@ impl OneiroService {
         let invalid = ServiceError::InvalidArgument;
         let source = match &req.data {
             Some(pb::train_request::Data::Text(c)) => c.source.as_ref(),
-            Some(pb::train_request::Data::Digits(_)) | None => None,
+            Some(pb::train_request::Data::Digits(_) | pb::train_request::Data::Images(_))
+            | None => None,
         };
         let max = self.config.max_corpus_bytes;
         let text = match source {
@@ -419,9 +469,9 @@ fn ensure_model(
     };
     let requested = match &req.create_config {
         Some(pb::train_request::CreateConfig::CharLstm(c)) => Some(c),
-        Some(pb::train_request::CreateConfig::Vae(_)) => {
+        Some(pb::train_request::CreateConfig::Vae(_) | pb::train_request::CreateConfig::Gan(_)) => {
             return Err(ServiceError::InvalidArgument(
-                "a text corpus trains a char-lstm model; the request gives a VAE configuration"
+                "a text corpus trains a char-lstm model; the request gives another kind's configuration"
                     .into(),
             ));
         }
@@ -453,6 +503,46 @@ fn ensure_model(
     }
 }
 
+/// The GAN counterpart of [`ensure_model`].
+fn ensure_gan_model(
+    store: &ModelStore,
+    req: &pb::TrainRequest,
+) -> Result<ModelRecord, ServiceError> {
+    let requested = match &req.create_config {
+        Some(pb::train_request::CreateConfig::Gan(c)) => Some(c),
+        Some(_) => {
+            return Err(ServiceError::InvalidArgument(
+                "image data trains a GAN; the request gives another kind's configuration".into(),
+            ));
+        }
+        None => None,
+    };
+    match store.load(&req.model) {
+        Ok(record) => {
+            let existing = record.gan_config()?;
+            if let Some(p) = requested {
+                let wanted = convert::gan_config(Some(p), existing);
+                if wanted != *existing {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "model {:?} exists with {:?}; the request asks for {:?} (delete the model or drop those settings)",
+                        req.model, existing, wanted
+                    )));
+                }
+            }
+            Ok(record)
+        }
+        Err(oneiro_trainer::Error::NotFound(_)) if req.create_if_missing => {
+            let record = ModelRecord::new_gan(
+                &req.model,
+                convert::gan_config(requested, &Default::default()),
+            );
+            store.create(&record)?;
+            Ok(record)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The VAE counterpart of [`ensure_model`].
 fn ensure_vae_model(
     store: &ModelStore,
@@ -460,9 +550,11 @@ fn ensure_vae_model(
 ) -> Result<ModelRecord, ServiceError> {
     let requested = match &req.create_config {
         Some(pb::train_request::CreateConfig::Vae(c)) => Some(c),
-        Some(pb::train_request::CreateConfig::CharLstm(_)) => {
+        Some(
+            pb::train_request::CreateConfig::CharLstm(_) | pb::train_request::CreateConfig::Gan(_),
+        ) => {
             return Err(ServiceError::InvalidArgument(
-                "digit data trains a VAE; the request gives a char-lstm configuration".into(),
+                "digit data trains a VAE; the request gives another kind's configuration".into(),
             ));
         }
         None => None,
@@ -530,6 +622,10 @@ impl Oneiro for OneiroService {
         let info = self
             .with_store(move |s| {
                 let record = match &req.config {
+                    Some(pb::create_model_request::Config::Gan(c)) => ModelRecord::new_gan(
+                        &req.name,
+                        convert::gan_config(Some(c), &Default::default()),
+                    ),
                     Some(pb::create_model_request::Config::Vae(c)) => ModelRecord::new_vae(
                         &req.name,
                         convert::vae_config(Some(c), &Default::default()),
@@ -618,6 +714,14 @@ impl Oneiro for OneiroService {
         let permit = self.stream_permit()?;
         let req = req.into_inner();
         validate_name(&req.model).map_err(ServiceError::from)?;
+        if matches!(req.data, Some(pb::train_request::Data::Images(_)))
+            || matches!(
+                req.create_config,
+                Some(pb::train_request::CreateConfig::Gan(_))
+            )
+        {
+            return self.train_gan(req, permit).await;
+        }
         if matches!(req.data, Some(pb::train_request::Data::Digits(_)))
             || matches!(
                 req.create_config,
@@ -713,7 +817,7 @@ impl Oneiro for OneiroService {
         }
         let model = job.model.clone();
         let record = self.with_store(move |s| Ok(s.load(&model)?)).await?;
-        self.jobs.rearm(&job, record.epochs_trained)?;
+        self.jobs.rearm(&job, record.progress_units())?;
         if let Err(e) = self.submit_training(&job, None) {
             job.finish(
                 JobState::Interrupted,
@@ -840,5 +944,24 @@ impl Oneiro for OneiroService {
             },
         )
         .await
+    }
+
+    async fn gan_sample(
+        &self,
+        req: Request<pb::GanSampleRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        self.admit()?;
+        let request = req.into_inner();
+        validate_name(&request.model).map_err(ServiceError::from)?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let span = info_span!("gan_sample", model = %request.model);
+        self.worker.submit(Job::GanSample {
+            request,
+            reply,
+            span,
+        })?;
+        Ok(Response::new(
+            rx.await.map_err(|_| ServiceError::WorkerGone)??,
+        ))
     }
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use oneiro_proto::v1 as pb;
+use oneiro_trainer::cifar::ImageSet;
 use oneiro_trainer::events::{EventSink, Stop};
+use oneiro_trainer::gan_train::train_gan;
 use oneiro_trainer::mnist::Mnist;
 use oneiro_trainer::store::ModelKind;
 use oneiro_trainer::text_generate::CharGenerator;
@@ -36,9 +38,9 @@ pub enum Job {
     Train {
         job: Arc<TrainJob>,
         plan: TrainPlan,
-        /// Digits already loaded (and checked) by the service; `None`: load them from
-        /// the plan's source (a resumed job).
-        digits: Option<Arc<Mnist>>,
+        /// Data already loaded (and checked) by the service; `None`: load it from the
+        /// plan's source (a resumed job).
+        data: Option<Preloaded>,
         span: Span,
     },
     /// A VAE request, answered with the finished response.
@@ -52,6 +54,12 @@ pub enum Job {
     Load {
         model: String,
         reply: tokio::sync::oneshot::Sender<Result<bool, ServiceError>>,
+    },
+    /// A GAN sample grid.
+    GanSample {
+        request: pb::GanSampleRequest,
+        reply: tokio::sync::oneshot::Sender<Result<pb::Image, ServiceError>>,
+        span: Span,
     },
     /// Unload a model; replies whether it was resident.
     Unload {
@@ -67,6 +75,12 @@ pub enum Job {
         chunks: Reply<pb::GenerateChunk>,
         span: Span,
     },
+}
+
+/// A training's data, loaded by the service before the job is queued.
+pub enum Preloaded {
+    Digits(Arc<Mnist>),
+    Images(Arc<ImageSet>),
 }
 
 /// What a VAE request asks of the resident model. Images arrive decoded to 28×28 grey.
@@ -108,6 +122,7 @@ pub enum VaeReply {
 enum Resident {
     Text(Arc<CharGenerator>),
     Vae(Arc<VaeRunner>),
+    Gan(Arc<oneiro_models::Dcgan>),
 }
 
 /// The async side's handle on a device worker.
@@ -279,14 +294,14 @@ impl Worker {
                 Job::Train {
                     job,
                     plan,
-                    digits,
+                    data,
                     span,
                 } => {
                     let _g = span.enter();
                     // A panic in tensor code must not leave the job running forever or
                     // take the device down: fail the job and keep serving.
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        self.train(&job, &plan, digits)
+                        self.train(&job, &plan, data)
                     }));
                     if let Err(panic) = run {
                         error!(job = %job.id, panic = panic_message(&panic), "training panicked");
@@ -326,6 +341,30 @@ impl Worker {
                     });
                     let _ = reply.send(result);
                 }
+                Job::GanSample {
+                    request,
+                    reply,
+                    span,
+                } => {
+                    let _g = span.enter();
+                    if reply.is_closed() {
+                        continue;
+                    }
+                    let model = request.model.clone();
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let (loaded, record) = self.resident(&model)?;
+                        match loaded.as_ref() {
+                            Resident::Gan(g) => crate::gan_ops::sample(g, &request, &self.device),
+                            _ => Err(record.gan_config().unwrap_err().into()),
+                        }
+                    }));
+                    let result = run.unwrap_or_else(|panic| {
+                        error!(model = %model, panic = panic_message(&panic), "GAN sample panicked");
+                        self.resident.remove(&model);
+                        Err(ServiceError::Internal(panic_message(&panic)))
+                    });
+                    let _ = reply.send(result);
+                }
                 Job::Unload { model, reply } => {
                     let _ = reply.send(self.resident.remove(&model));
                 }
@@ -359,7 +398,7 @@ impl Worker {
         info!("worker stopped");
     }
 
-    fn train(&mut self, job: &TrainJob, plan: &TrainPlan, digits: Option<Arc<Mnist>>) {
+    fn train(&mut self, job: &TrainJob, plan: &TrainPlan, data: Option<Preloaded>) {
         if job.state() != JobState::Queued {
             return; // cancelled while it waited
         }
@@ -390,11 +429,25 @@ impl Worker {
                     return;
                 }
             },
-            TrainPlan::Vae { vae, data } => {
-                let loaded = match (digits, data) {
-                    (Some(d), _) => Ok(d),
-                    (None, Some(source)) => source.load().map(Arc::new),
-                    (None, None) => oneiro_trainer::mnist::load_dir(&job.data_dir()).map(Arc::new),
+            TrainPlan::Gan { gan, images } => {
+                let loaded = match (data, images) {
+                    (Some(Preloaded::Images(d)), _) => Ok(d),
+                    (_, Some(source)) => source.load().map(Arc::new),
+                    (_, None) => oneiro_trainer::cifar::load_folder(
+                        &job.images_dir(),
+                        oneiro_trainer::cifar::SIDE,
+                    )
+                    .map(Arc::new),
+                };
+                loaded.and_then(|d| {
+                    train_gan(&self.store, &job.model, &d, gan, &self.device, &mut sink)
+                })
+            }
+            TrainPlan::Vae { vae, data: source } => {
+                let loaded = match (data, source) {
+                    (Some(Preloaded::Digits(d)), _) => Ok(d),
+                    (_, Some(source)) => source.load().map(Arc::new),
+                    (_, None) => oneiro_trainer::mnist::load_dir(&job.data_dir()).map(Arc::new),
                 };
                 loaded.and_then(|d| {
                     train_vae(&self.store, &job.model, &d, vae, &self.device, &mut sink)
@@ -411,7 +464,7 @@ impl Worker {
                 if self
                     .store
                     .load(&job.model)
-                    .is_ok_and(|r| r.epochs_trained >= job.target_epoch()) =>
+                    .is_ok_and(|r| r.progress_units() >= job.target_epoch()) =>
             {
                 // Stopped while sampling after its last epoch: the training itself is done.
                 job.finish(JobState::Finished, String::new(), tonic::Code::Ok);
@@ -455,6 +508,14 @@ impl Worker {
                 let bytes = v.resident_bytes();
                 (Resident::Vae(Arc::new(v)), bytes)
             }
+            ModelKind::Gan => {
+                let cfg = record.gan_config()?.clone();
+                let (weights, _) = self.store.load_checkpoint(&record, &self.device)?;
+                let g = oneiro_models::Dcgan::from_tensors(cfg, &weights, &self.device)
+                    .map_err(|e| oneiro_trainer::Error::Corrupt(format!("model {name:?}: {e}")))?;
+                let bytes = g.parameter_count() as u64 * 4;
+                (Resident::Gan(Arc::new(g)), bytes)
+            }
         };
         let loaded = Arc::new(loaded);
         info!(
@@ -479,7 +540,7 @@ impl Worker {
         let (loaded, record) = self.resident(name)?;
         match loaded.as_ref() {
             Resident::Text(g) => Ok((g.clone(), record.seed_text)),
-            Resident::Vae(_) => Err(record.text_config().unwrap_err().into()),
+            _ => Err(record.text_config().unwrap_err().into()),
         }
     }
 

@@ -13,7 +13,8 @@
 //! weights).
 
 use candle_core::{D, DType, Device, Result, Tensor, Var, bail};
-use candle_nn::{Conv2dConfig, ConvTranspose2dConfig};
+use oneiro_tensor_ops::bias::add_channel_bias;
+use oneiro_tensor_ops::conv::{Conv2dParams, ConvTranspose2dParams, conv_transpose2d, conv2d};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -177,16 +178,8 @@ impl Vae {
         self.params[i].as_tensor()
     }
 
-    fn conv(&self, x: &Tensor, w: usize, padding: usize, stride: usize) -> Result<Tensor> {
-        let cfg = Conv2dConfig {
-            padding,
-            stride,
-            dilation: 1,
-            groups: 1,
-            cudnn_fwd_algo: None,
-        };
-        x.conv2d(self.p(w), cfg.padding, cfg.stride, cfg.dilation, cfg.groups)?
-            .broadcast_add(&self.p(w + 1).reshape((1, (), 1, 1))?)
+    fn conv(&self, x: &Tensor, w: usize, p: Conv2dParams) -> Result<Tensor> {
+        add_channel_bias(&conv2d(x, self.p(w), p)?, self.p(w + 1))
     }
 
     fn dense(&self, x: &Tensor, w: usize) -> Result<Tensor> {
@@ -202,12 +195,16 @@ impl Vae {
                 images.dims()
             )
         }
-        let x = self.conv(images, 0, 1, 1)?.relu()?;
+        let same = Conv2dParams::same(3);
+        let x = self.conv(images, 0, same)?.relu()?;
         // Keras `same` at stride 2 on 28: pad 0 before and 1 after on each axis.
-        let x = x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?;
-        let x = self.conv(&x, 2, 0, 2)?.relu()?;
-        let x = self.conv(&x, 4, 1, 1)?.relu()?;
-        let x = self.conv(&x, 6, 1, 1)?.relu()?;
+        let down = Conv2dParams {
+            stride: (2, 2),
+            padding: [0, 1, 0, 1],
+        };
+        let x = self.conv(&x, 2, down)?.relu()?;
+        let x = self.conv(&x, 4, same)?.relu()?;
+        let x = self.conv(&x, 6, same)?.relu()?;
         let x = self.dense(&x.reshape((b, ()))?, 8)?.relu()?;
         Ok(Encoded {
             z_mean: self.dense(&x, 10)?,
@@ -220,23 +217,13 @@ impl Vae {
         let b = z.dim(0)?;
         let x = self.dense(z, 14)?.relu()?.reshape((b, 64, HALF, HALF))?;
         // Keras Conv2DTranspose(k=3, s=2, same) = padding 1, output_padding 1.
-        let cfg = ConvTranspose2dConfig {
+        let up = ConvTranspose2dParams {
             padding: 1,
             output_padding: 1,
             stride: 2,
-            dilation: 1,
         };
-        let x = x
-            .conv_transpose2d(
-                self.p(16),
-                cfg.padding,
-                cfg.output_padding,
-                cfg.stride,
-                cfg.dilation,
-            )?
-            .broadcast_add(&self.p(17).reshape((1, (), 1, 1))?)?
-            .relu()?;
-        self.conv(&x, 18, 1, 1)
+        let x = add_channel_bias(&conv_transpose2d(&x, self.p(16), up)?, self.p(17))?.relu()?;
+        self.conv(&x, 18, Conv2dParams::same(3))
     }
 
     /// Decoded images in [0, 1].
@@ -384,7 +371,10 @@ mod tests {
         // Keras: -ln(1e-7) per pixel (clipped probability), not the logit.
         assert!((r - 16.118_095).abs() < 1e-3, "{r}");
         let v = Var::from_tensor(&logits)?;
-        let g = m.loss_of(&images, &enc, v.as_tensor())?.reconstruction.backward()?;
+        let g = m
+            .loss_of(&images, &enc, v.as_tensor())?
+            .reconstruction
+            .backward()?;
         let gl = g.get(&v).unwrap().abs()?.max_all()?.to_scalar::<f32>()?;
         assert_eq!(gl, 0.0, "no gradient past the clip, as in Keras");
         Ok(())

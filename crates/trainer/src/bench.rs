@@ -108,6 +108,29 @@ pub fn vae_train(device: &Device, steps: usize) -> Result<f64> {
     )
 }
 
+/// One step of the book's DCGAN (batch 20 of 32×32, latent 32; a discriminator update on
+/// 40 images, then a generator update through the frozen discriminator), like the peers'
+/// `gan-train`. Returns seconds per step.
+pub fn gan_train(device: &Device, steps: usize) -> Result<f64> {
+    use crate::gan_train::{GanTrainOptions, adversarial_step};
+    use oneiro_models::{Dcgan, GanConfig};
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let model = Dcgan::new_random(GanConfig::default(), &mut rng, device)?;
+    let o = GanTrainOptions::default();
+    let mut d_opt = RmsProp::new(model.discriminator.vars(), o.optimizer(o.discriminator_lr))?;
+    let mut g_opt = RmsProp::new(model.generator.vars(), o.optimizer(o.generator_lr))?;
+    let real = Tensor::rand(0f32, 1f32, (20, 3, 32, 32), device)?;
+    let zeros = Tensor::zeros((20, 1), candle_core::DType::F32, device)?;
+    timed(
+        || {
+            adversarial_step(&model, &mut d_opt, &mut g_opt, &real, &zeros, &mut rng)?;
+            Ok(())
+        },
+        2,
+        steps,
+    )
+}
+
 /// Prepares a corpus file the way training does; returns (characters, windows, peak
 /// resident memory in bytes of this process so far, if the OS tells).
 pub fn text_prepare(text: &str) -> Result<(usize, usize, Option<u64>)> {

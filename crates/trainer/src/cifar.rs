@@ -252,11 +252,11 @@ pub fn synthetic_blobs(count: usize, seed: u64) -> ImageSet {
             rng.random_range(60..=140u8),
             rng.random_range(0..=40u8),
         ];
-        for c in 0..3 {
+        for value in colour {
             for y in 0..SIDE {
                 for x in 0..SIDE {
                     let d = ((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)).sqrt();
-                    pixels.push(if d < r { colour[c] } else { 10 });
+                    pixels.push(if d < r { value } else { 10 });
                 }
             }
         }

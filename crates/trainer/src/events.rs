@@ -30,6 +30,20 @@ pub enum TrainEvent {
         /// Models whose loss is a sum (the VAE) report its terms too.
         parts: Option<LossParts>,
     },
+    /// The GAN's figures every `sample_every` steps (means over the window).
+    GanReport {
+        step: u64,
+        discriminator_loss: f32,
+        adversarial_loss: f32,
+        /// Share of the window's real and generated images the discriminator got right.
+        discriminator_accuracy: f32,
+        discriminator_lr: f32,
+        generator_lr: f32,
+        generated_png: Vec<u8>,
+        real_png: Vec<u8>,
+        /// Set when the book's failure signature shows, with its advice.
+        warning: Option<String>,
+    },
     /// A picture of the model's progress (the VAE's latent grid, the GAN's samples).
     Image {
         epoch: u32,

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod cifar;
 pub mod error;
 pub mod events;
+pub mod gan_train;
 pub mod hub;
 pub mod imageio;
 pub mod mnist;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use candle_core::{Device, Tensor};
-use oneiro_models::{CharLstmConfig, VaeConfig, Vocabulary};
+use oneiro_models::{CharLstmConfig, GanConfig, VaeConfig, Vocabulary};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -30,6 +30,7 @@ const KEEP_CHECKPOINTS: usize = 2;
 pub enum ModelKind {
     CharLstm,
     Vae,
+    Gan,
 }
 
 impl ModelKind {
@@ -37,6 +38,7 @@ impl ModelKind {
         match self {
             Self::CharLstm => "char-lstm",
             Self::Vae => "vae",
+            Self::Gan => "gan",
         }
     }
 }
@@ -68,6 +70,14 @@ pub struct EpochProgress {
     pub train_sequences: u64,
 }
 
+/// The GAN's losses over one reporting window, ending at `step`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GanPoint {
+    pub step: u64,
+    pub discriminator_loss: f32,
+    pub adversarial_loss: f32,
+}
+
 /// A model's description, `model.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelRecord {
@@ -81,6 +91,13 @@ pub struct ModelRecord {
     pub char_lstm: Option<CharLstmConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vae: Option<VaeConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gan: Option<GanConfig>,
+    /// GAN: steps trained so far, and the mean losses of each reporting window.
+    #[serde(default)]
+    pub steps_trained: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gan_history: Vec<GanPoint>,
     /// VAE: mean latent point of each digit class (from the labeled validation data), the
     /// ends of concept vectors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,6 +138,13 @@ impl ModelRecord {
         }
     }
 
+    pub fn new_gan(name: &str, config: GanConfig) -> Self {
+        Self {
+            gan: Some(config),
+            ..Self::untrained(name, ModelKind::Gan)
+        }
+    }
+
     fn untrained(name: &str, kind: ModelKind) -> Self {
         Self {
             format: FORMAT,
@@ -129,6 +153,9 @@ impl ModelRecord {
             kind,
             char_lstm: None,
             vae: None,
+            gan: None,
+            steps_trained: 0,
+            gan_history: vec![],
             class_means: None,
             vocab: None,
             epochs_trained: 0,
@@ -142,6 +169,14 @@ impl ModelRecord {
             checkpoint: None,
             updated_unix: 0,
             revision: 0,
+        }
+    }
+
+    /// How far training has come, in the unit jobs count: epochs, or steps for the GAN.
+    pub fn progress_units(&self) -> u32 {
+        match self.kind {
+            ModelKind::Gan => self.steps_trained.min(u32::MAX as u64) as u32,
+            _ => self.epochs_trained,
         }
     }
 
@@ -169,6 +204,13 @@ impl ModelRecord {
         }
     }
 
+    pub fn gan_config(&self) -> Result<&GanConfig> {
+        match (&self.kind, &self.gan) {
+            (ModelKind::Gan, Some(c)) => Ok(c),
+            _ => Err(self.wrong_kind(ModelKind::Gan)),
+        }
+    }
+
     /// Checks the kind's configuration (exactly the kind's one present, and valid).
     pub fn validate(&self) -> Result<()> {
         match self.kind {
@@ -178,6 +220,10 @@ impl ModelRecord {
                 .map_err(Error::InvalidArgument),
             ModelKind::Vae => self
                 .vae_config()?
+                .validate()
+                .map_err(Error::InvalidArgument),
+            ModelKind::Gan => self
+                .gan_config()?
                 .validate()
                 .map_err(Error::InvalidArgument),
         }

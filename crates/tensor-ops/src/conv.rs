@@ -1,0 +1,2492 @@
+//! 2-D convolution and transposed convolution for the CPU, with their own backward.
+//!
+//! Written by hand because candle 0.11's CPU convolutions are the bottleneck of every
+//! convolutional model we train on two threads:
+//!
+//! - its `conv_transpose2d` is a naive loop nest (no matrix product at all);
+//! - its `conv2d` backward computes the weight gradient as a second convolution of
+//!   transposed tensors (batch and channels swapped, so the "batch" it parallelises over is
+//!   the channel count and the im2col is redone at full size), and it computes it — and the
+//!   input gradient — whether or not anything needs them: a frozen discriminator or a
+//!   frozen VGG still pays for every weight gradient;
+//! - its matrix products go through the `gemm` crate, which has no AVX-512 kernels on
+//!   stable Rust;
+//! - padding is symmetric only, so a "same" 2×2-stride layer needs a separate pad op.
+//!
+//! Here every convolution is one of three matrix products, each run by an AVX-512
+//! register-tiled kernel on panels packed for it, the im2col being built in small blocks
+//! that stay in cache instead of materialised whole:
+//!
+//! - forward, `y = W · col(x)`;
+//! - data gradient, `dx = col2im(Wᵀ · dy)` (also the transposed convolution's forward);
+//! - weight gradient, `dW = dy · col(x)ᵀ` (summed over the batch).
+//!
+//! Activations are reordered to channels-last (NHWC) inside the kernels: a column of the
+//! im2col (one tap of one output pixel) is then a run of contiguous channels whatever the
+//! stride, so building and scattering columns are vector copies instead of gathers.
+//! The backward skips the gradient of an argument that does not track one
+//! ([`Tensor::track_op`]): a frozen network backpropagates to its input only, and a first
+//! layer computes no gradient for the data.
+//!
+//! On other devices and dtypes the functions fall back to candle's own ops.
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+use crate::pool::{self, PoolVec};
+
+/// Stride and zero padding of [`conv2d`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dParams {
+    /// `(sh, sw)`.
+    pub stride: (usize, usize),
+    /// `[top, bottom, left, right]`.
+    pub padding: [usize; 4],
+}
+
+impl Conv2dParams {
+    /// Stride 1 and `k / 2` zero padding on every side: the output keeps the input's size
+    /// for an odd kernel size `k`.
+    pub fn same(k: usize) -> Self {
+        Self {
+            stride: (1, 1),
+            padding: [k / 2; 4],
+        }
+    }
+
+    /// The same stride and padding on both axes.
+    pub fn new(stride: usize, pad: usize) -> Self {
+        Self {
+            stride: (stride, stride),
+            padding: [pad; 4],
+        }
+    }
+}
+
+/// Parameters of [`conv_transpose2d`] (PyTorch's, with dilation 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvTranspose2dParams {
+    pub stride: usize,
+    pub padding: usize,
+    pub output_padding: usize,
+}
+
+/// `x (B, C_in, H, W)` convolved with `w (C_out, C_in, KH, KW)`: `(B, C_out, OH, OW)` with
+/// `OH = (H + top + bottom - KH) / sh + 1` (likewise `OW`). No bias: add it with
+/// `broadcast_add`. Differentiable in both arguments.
+///
+/// On the CPU in f32 this runs the kernels of this module; elsewhere it is candle's
+/// `conv2d` after `pad_with_zeros`, which takes one stride for both axes (a different
+/// stride per axis is an error there).
+pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
+    if is_cpu_f32(x, w) {
+        let g = conv2d_geom(x.dims4()?, w.dims4()?, p)?;
+        x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp(g))
+    } else {
+        conv2d_candle(x, w, p)
+    }
+}
+
+/// The transposed convolution of `x (B, C_in, H, W)` with `w (C_in, C_out, KH, KW)`:
+/// `(B, C_out, OH, OW)` with `OH = (H - 1)·stride - 2·padding + KH + output_padding`
+/// (likewise `OW`), as candle's and PyTorch's `conv_transpose2d` with dilation 1.
+/// Differentiable in both arguments; candle's own op off the CPU or outside f32.
+pub fn conv_transpose2d(x: &Tensor, w: &Tensor, p: ConvTranspose2dParams) -> Result<Tensor> {
+    if is_cpu_f32(x, w) {
+        let g = conv_transpose2d_geom(x.dims4()?, w.dims4()?, p)?;
+        x.contiguous()?.apply_op2(&w.contiguous()?, ConvT2dOp(g))
+    } else {
+        conv_transpose2d_candle(x, w, p)
+    }
+}
+
+/// [`conv2d`] composed of candle's ops (any device and dtype; equal strides only): the
+/// fallback off the CPU, and the reference for tests and benchmarks.
+pub fn conv2d_candle(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
+    let (sh, sw) = p.stride;
+    if sh != sw {
+        bail!(
+            "conv2d: stride ({sh}, {sw}) differs per axis, which candle's conv2d on {:?} cannot do",
+            x.device()
+        )
+    }
+    let [top, bottom, left, right] = p.padding;
+    x.pad_with_zeros(2, top, bottom)?
+        .pad_with_zeros(3, left, right)?
+        .conv2d(w, 0, sh, 1, 1)
+}
+
+/// [`conv_transpose2d`] as candle's op: the fallback and the reference.
+pub fn conv_transpose2d_candle(x: &Tensor, w: &Tensor, p: ConvTranspose2dParams) -> Result<Tensor> {
+    x.conv_transpose2d(w, p.padding, p.output_padding, p.stride, 1)
+}
+
+fn is_cpu_f32(x: &Tensor, w: &Tensor) -> bool {
+    x.device().is_cpu() && w.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32
+}
+
+/// One convolution `y = conv(x, w)` in the terms every kernel here uses: `x` is
+/// `(b, cin, h, w)`, `w` is `(cout, cin, kh, kw)`, `y` is `(b, cout, oh, ow)`, and
+///
+/// `y[b, co, i, j] = Σ x[b, ci, i·sh + a - pt, j·sw + c - pl] · w[co, ci, a, c]`
+///
+/// over taps `(a, c)` whose input pixel is inside the image. The output size is stored,
+/// not derived: a transposed convolution is the data gradient of the convolution whose
+/// *input* is its output, and `output_padding` makes that input larger than the padding
+/// formula says (the extra rows are simply never reached).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Geom {
+    b: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    pt: usize,
+    pl: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geom {
+    fn taps(&self) -> usize {
+        self.kh * self.kw
+    }
+
+    /// Length of an im2col column: taps × input channels.
+    fn k(&self) -> usize {
+        self.taps() * self.cin
+    }
+
+    fn p_in(&self) -> usize {
+        self.h * self.w
+    }
+
+    fn p_out(&self) -> usize {
+        self.oh * self.ow
+    }
+}
+
+fn conv2d_geom(
+    (b, cin, h, w): (usize, usize, usize, usize),
+    (cout, cin_w, kh, kw): (usize, usize, usize, usize),
+    p: Conv2dParams,
+) -> Result<Geom> {
+    let (sh, sw) = p.stride;
+    let [pt, pb, pl, pr] = p.padding;
+    if cin != cin_w {
+        bail!("conv2d: input has {cin} channels, kernel expects {cin_w}")
+    }
+    if sh == 0 || sw == 0 || kh == 0 || kw == 0 {
+        bail!("conv2d: zero stride ({sh}, {sw}) or kernel size ({kh}, {kw})")
+    }
+    if h + pt + pb < kh || w + pl + pr < kw {
+        bail!("conv2d: kernel ({kh}, {kw}) larger than the padded input ({h}, {w}) + {p:?}")
+    }
+    Ok(Geom {
+        b,
+        cin,
+        h,
+        w,
+        cout,
+        kh,
+        kw,
+        sh,
+        sw,
+        pt,
+        pl,
+        oh: (h + pt + pb - kh) / sh + 1,
+        ow: (w + pl + pr - kw) / sw + 1,
+    })
+}
+
+/// The convolution whose data gradient is the transposed convolution: its input is the
+/// transposed convolution's output and its weight is `w` as stored (`(C_in, C_out, ..)` of
+/// the transposed convolution is `(cout, cin, ..)` of this one).
+fn conv_transpose2d_geom(
+    (b, cin_t, h, w): (usize, usize, usize, usize),
+    (cin_w, cout_t, kh, kw): (usize, usize, usize, usize),
+    p: ConvTranspose2dParams,
+) -> Result<Geom> {
+    let ConvTranspose2dParams {
+        stride: s,
+        padding: pad,
+        output_padding: op,
+    } = p;
+    if cin_t != cin_w {
+        bail!("conv_transpose2d: input has {cin_t} channels, kernel expects {cin_w}")
+    }
+    if s == 0 || kh == 0 || kw == 0 || h == 0 || w == 0 {
+        bail!("conv_transpose2d: zero stride, kernel or input size in {p:?}, ({kh}, {kw})")
+    }
+    let full = |n: usize, k: usize| (n - 1) * s + k + op;
+    if full(h, kh) <= 2 * pad || full(w, kw) <= 2 * pad {
+        bail!("conv_transpose2d: padding {pad} leaves no output for input ({h}, {w})")
+    }
+    Ok(Geom {
+        b,
+        cin: cout_t,
+        h: full(h, kh) - 2 * pad,
+        w: full(w, kw) - 2 * pad,
+        cout: cin_t,
+        kh,
+        kw,
+        sh: s,
+        sw: s,
+        pt: pad,
+        pl: pad,
+        oh: h,
+        ow: w,
+    })
+}
+
+/// The three products, on contiguous f32 buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prim {
+    /// `(x, w) → y`.
+    Fwd,
+    /// `(dy, w) → dx`.
+    Data,
+    /// `(x, dy) → dw`.
+    Weight,
+}
+
+/// A [`Prim`] as a candle op without backward: what the backward passes are made of.
+struct Raw {
+    g: Geom,
+    prim: Prim,
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, len: usize, what: &str) -> Result<&'a [f32]> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("conv: {what} must be contiguous")
+    };
+    if end - start != len {
+        bail!(
+            "conv: {what} has {} elements, the geometry wants {len}",
+            end - start
+        )
+    }
+    Ok(&s.as_slice::<f32>()?[start..end])
+}
+
+impl CustomOp2 for Raw {
+    fn name(&self) -> &'static str {
+        match self.prim {
+            Prim::Fwd => "conv2d-fwd",
+            Prim::Data => "conv2d-bwd-data",
+            Prim::Weight => "conv2d-bwd-weight",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        let x_len = g.b * g.cin * g.p_in();
+        let y_len = g.b * g.cout * g.p_out();
+        let w_len = g.cout * g.k();
+        let (out, shape) = match self.prim {
+            Prim::Fwd => {
+                let x = f32_slice(s1, l1, x_len, "input")?;
+                let w = f32_slice(s2, l2, w_len, "kernel")?;
+                (fwd(g, x, w), Shape::from((g.b, g.cout, g.oh, g.ow)))
+            }
+            Prim::Data => {
+                let dy = f32_slice(s1, l1, y_len, "output gradient")?;
+                let w = f32_slice(s2, l2, w_len, "kernel")?;
+                (bwd_data(g, dy, w), Shape::from((g.b, g.cin, g.h, g.w)))
+            }
+            Prim::Weight => {
+                let x = f32_slice(s1, l1, x_len, "input")?;
+                let dy = f32_slice(s2, l2, y_len, "output gradient")?;
+                (
+                    bwd_weight(g, x, dy),
+                    Shape::from((g.cout, g.cin, g.kh, g.kw)),
+                )
+            }
+        };
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+/// [`conv2d`] on the CPU.
+struct Conv2dOp(Geom);
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let raw = Raw {
+            g: self.0,
+            prim: Prim::Fwd,
+        };
+        raw.cpu_fwd(s1, l1, s2, l2)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = self.0;
+        let grad = grad.contiguous()?;
+        // candle calls this when either argument tracks a gradient; an argument that does
+        // not (data, frozen weights) is not asked for one, and its product is skipped.
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(
+                w,
+                &Raw {
+                    g,
+                    prim: Prim::Data,
+                },
+            )?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            let raw = Raw {
+                g,
+                prim: Prim::Weight,
+            };
+            Some(x.apply_op2_no_bwd(&grad, &raw)?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// [`conv_transpose2d`] on the CPU: the data gradient of the convolution `self.0`.
+struct ConvT2dOp(Geom);
+
+impl CustomOp2 for ConvT2dOp {
+    fn name(&self) -> &'static str {
+        "conv-transpose2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let raw = Raw {
+            g: self.0,
+            prim: Prim::Data,
+        };
+        raw.cpu_fwd(s1, l1, s2, l2)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = self.0;
+        let grad = grad.contiguous()?;
+        // `x` plays the output gradient of the convolution `g` and `grad` its input.
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(w, &Raw { g, prim: Prim::Fwd })?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            let raw = Raw {
+                g,
+                prim: Prim::Weight,
+            };
+            Some(grad.apply_op2_no_bwd(x, &raw)?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The three products.
+// ---------------------------------------------------------------------------------------
+
+/// Rows per register tile of the kernel (see [`avx512::tile`]).
+const MR: usize = 6;
+/// Columns per packed panel: four 16-lane registers.
+const NR: usize = 64;
+/// Depth per kernel call: a `KC × 64` panel slice (32 KiB) stays in the 48 KiB L1d while
+/// the row tiles stream past it.
+const KC: usize = 128;
+/// Output pixels per work item of the forward and data-gradient products: the im2col
+/// block (`PB × KC`) and the output block stay in L2, and a 28×28 image still splits into
+/// a few items for the threads.
+const PB: usize = 96;
+/// Output pixels per work item of the weight gradient, times its output channels: the
+/// item's slice of `dy` (and the input rows it reads) stays in L2 while every panel of
+/// the weight gradient passes over it.
+const WGRAD_ITEM_FLOATS: usize = 1 << 16;
+
+/// A raw pointer that work items share: each writes a part no other item touches.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used to write disjoint regions from different threads (see each use).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// A method, not a field access, so that closures capture the `Sync` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// A buffer of a work item, kept by its thread for the next item: the items of one call
+/// are many and small (a 28×28 layer has over a hundred), and taking them from the
+/// shared [`pool`] made its lock a measurable cost. Contents are unspecified, as with
+/// [`pool::take`] (NaN under `cfg(test)`).
+struct Scratch(Vec<f32>);
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn scratch(len: usize) -> Scratch {
+    let mut v = SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+    // Only elements past the old length are written; the rest keep stale values.
+    v.resize(len, 0.0);
+    // `CONV_NO_POISON` lets the timing tests measure the real thing.
+    static POISON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if cfg!(test) && *POISON.get_or_init(|| std::env::var_os("CONV_NO_POISON").is_none()) {
+        v.fill(f32::NAN);
+    }
+    Scratch(v)
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        SCRATCH.with(|s| s.borrow_mut().push(v));
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
+/// `[start, start + len)` blocks of about `max` items (multiples of [`MR`] but the last)
+/// covering `0..n`, balanced so that the last block is not a sliver.
+fn blocks(n: usize, max: usize) -> Vec<(usize, usize)> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let count = n.div_ceil(max);
+    let size = n.div_ceil(count).next_multiple_of(MR);
+    (0..n).step_by(size).map(|s| (s, size.min(n - s))).collect()
+}
+
+/// A `k × n` matrix packed for the kernel: panels of [`NR`] columns (the last one
+/// narrower), each `k` rows of its width rounded up to 16 (the rounding is zeros).
+struct Packed {
+    k: usize,
+    n: usize,
+    data: PoolVec,
+}
+
+/// One panel of a [`Packed`] matrix: columns `j0 .. j0 + n`, rows `wpad` floats apart.
+#[derive(Clone, Copy)]
+struct Panel<'a> {
+    j0: usize,
+    n: usize,
+    wpad: usize,
+    data: &'a [f32],
+}
+
+impl Packed {
+    /// Packs the matrix whose element `(r, c)` is `src[r · rs + c · cs]`.
+    fn new(k: usize, n: usize, src: &[f32], rs: usize, cs: usize) -> Self {
+        if k > 0 && n > 0 {
+            assert!(
+                (k - 1) * rs + (n - 1) * cs < src.len(),
+                "packed source out of bounds"
+            );
+        }
+        let mut data = pool::take(k * n.next_multiple_of(16));
+        // Panels are independent: pack them in parallel (the large weights are megabytes).
+        let mut parts = Vec::new();
+        let mut rest = &mut data[..];
+        for j0 in (0..n).step_by(NR) {
+            let w = NR.min(n - j0);
+            let (part, tail) = rest.split_at_mut(k * w.next_multiple_of(16));
+            parts.push((j0, w, part));
+            rest = tail;
+        }
+        parts.into_par_iter().for_each(|(j0, w, part)| {
+            let wpad = w.next_multiple_of(16);
+            for (r, row) in part.chunks_exact_mut(wpad).enumerate() {
+                let (row, tail) = row.split_at_mut(w);
+                if cs == 1 {
+                    row.copy_from_slice(&src[r * rs + j0..][..w]);
+                } else {
+                    for (c, x) in row.iter_mut().enumerate() {
+                        *x = src[r * rs + (j0 + c) * cs];
+                    }
+                }
+                tail.fill(0.0);
+            }
+        });
+        Self { k, n, data }
+    }
+
+    fn panel(&self, j: usize) -> Panel<'_> {
+        let j0 = j * NR;
+        let n = NR.min(self.n - j0);
+        let wpad = n.next_multiple_of(16);
+        Panel {
+            j0,
+            n,
+            wpad,
+            data: &self.data[j0 * self.k..][..self.k * wpad],
+        }
+    }
+
+    fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+}
+
+/// The kernel `w (cout, cin, taps)` as `(cout, taps, cin)`: rows of the channels-last
+/// im2col order.
+fn taps_major(w: &[f32], g: &Geom) -> PoolVec {
+    let (taps, cin) = (g.taps(), g.cin);
+    let mut wt = pool::take(w.len());
+    if !w.is_empty() {
+        for (d, s) in wt
+            .chunks_exact_mut(cin * taps)
+            .zip(w.chunks_exact(cin * taps))
+        {
+            transpose(s, cin, taps, d);
+        }
+    }
+    wt
+}
+
+/// `(B, C, P)` → `(B, P, C)`, into a pooled buffer.
+fn to_channels_last(src: &[f32], b: usize, c: usize, p: usize) -> PoolVec {
+    let mut dst = pool::take(b * c * p);
+    if c * p > 0 {
+        dst.par_chunks_mut(c * p)
+            .zip(src.par_chunks(c * p))
+            .for_each(|(d, s)| transpose(s, c, p, d));
+    }
+    dst
+}
+
+/// `src (rows × cols)` → `dst (cols × rows)`, both dense.
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
+    // SAFETY: the extents are asserted above.
+    unsafe { transpose_raw(src.as_ptr(), cols, (rows, cols), dst.as_mut_ptr(), rows) }
+}
+
+/// `dst[j · dst_rs + i] = src[i · src_rs + j]` for `i < rows`, `j < cols`: 16 × 16 blocks
+/// through registers where the CPU has AVX-512 (a scalar transpose took ~10% of a small
+/// layer's forward), the ragged edges element by element.
+///
+/// # Safety
+/// Every addressed element must be in bounds, and the two regions must not overlap.
+unsafe fn transpose_raw(
+    src: *const f32,
+    src_rs: usize,
+    (rows, cols): (usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+) {
+    let (mut r16, mut c16) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        (r16, c16) = (rows / 16 * 16, cols / 16 * 16);
+        for i0 in (0..r16).step_by(16) {
+            for j0 in (0..c16).step_by(16) {
+                // SAFETY: the block is inside both matrices (caller's contract).
+                unsafe {
+                    avx512::transpose16(
+                        src.add(i0 * src_rs + j0),
+                        src_rs,
+                        dst.add(j0 * dst_rs + i0),
+                        dst_rs,
+                    )
+                };
+            }
+        }
+    }
+    // What the blocks left: the columns past c16 of the first r16 rows, then every column
+    // of the remaining rows.
+    for (i0, i1, j0) in [(0, r16, c16), (r16, rows, 0)] {
+        for i in i0..i1 {
+            for j in j0..cols {
+                // SAFETY: i < rows, j < cols (caller's contract).
+                unsafe { *dst.add(j * dst_rs + i) = *src.add(i * src_rs + j) };
+            }
+        }
+    }
+}
+
+/// A run of im2col columns (channels-last order: column `tap · cin + ci`): `len`
+/// channels from `ci` of tap `(a, c)`, at offset `off` in a block of columns.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    off: usize,
+    len: usize,
+    a: usize,
+    c: usize,
+    ci: usize,
+}
+
+impl Geom {
+    /// The runs of columns `k0 .. k0 + kc`.
+    fn runs(&self, k0: usize, kc: usize) -> Vec<Run> {
+        let mut runs = Vec::new();
+        let mut k = k0;
+        while k < k0 + kc {
+            let (t, ci) = (k / self.cin, k % self.cin);
+            let len = (self.cin - ci).min(k0 + kc - k);
+            runs.push(Run {
+                off: k - k0,
+                len,
+                a: t / self.kw,
+                c: t % self.kw,
+                ci,
+            });
+            k += len;
+        }
+        runs
+    }
+
+    /// The input pixel (`iy · w + ix`) that tap `(a, c)` of output pixel `(oy, ox)` reads,
+    /// or `None` in the zero padding.
+    #[inline]
+    fn src(&self, oy: usize, ox: usize, a: usize, c: usize) -> Option<usize> {
+        let iy = (oy * self.sh + a).checked_sub(self.pt)?;
+        let ix = (ox * self.sw + c).checked_sub(self.pl)?;
+        (iy < self.h && ix < self.w).then_some(iy * self.w + ix)
+    }
+
+    /// `(oy, ox)` of output pixels `p0, p0 + 1, …` (one division for the lot).
+    fn pixels(&self, p0: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let (mut oy, mut ox) = (p0 / self.ow, p0 % self.ow);
+        std::iter::from_fn(move || {
+            let here = (oy, ox);
+            ox += 1;
+            if ox == self.ow {
+                (oy, ox) = (oy + 1, 0);
+            }
+            Some(here)
+        })
+    }
+}
+
+/// Rows `r < np` of `dst` (rows `ds` apart) get the im2col columns described by `runs`
+/// (`kc` of them) of output pixels `p0 + r`, read from the channels-last image `xt`; the
+/// row tails up to `pad_to` are zeroed.
+#[allow(clippy::too_many_arguments)]
+fn fill_cols(
+    g: &Geom,
+    xt: &[f32],
+    (p0, np): (usize, usize),
+    runs: &[Run],
+    kc: usize,
+    dst: &mut [f32],
+    ds: usize,
+    pad_to: usize,
+) {
+    for (r, (oy, ox)) in g.pixels(p0).take(np).enumerate() {
+        let row = &mut dst[r * ds..][..pad_to];
+        for run in runs {
+            let out = &mut row[run.off..][..run.len];
+            match g.src(oy, ox, run.a, run.c) {
+                Some(q) => copy_run(out, &xt[q * g.cin + run.ci..][..run.len]),
+                None => out.fill(0.0),
+            }
+        }
+        row[kc..].fill(0.0);
+    }
+}
+
+/// `dst.copy_from_slice(src)` without a `memcpy` call for the short runs of few-channel
+/// inputs (one to a few floats per tap), where the call cost more than the copy.
+/// (A plain loop is no help: the compiler turns it back into `memcpy`.)
+#[inline]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    macro_rules! fixed {
+        ($($n:literal)*) => {
+            match dst.len() {
+                $($n => {
+                    let d: &mut [f32; $n] = dst.try_into().expect("length matched");
+                    *d = src[..$n].try_into().expect("source as long");
+                })*
+                _ => dst.copy_from_slice(src),
+            }
+        };
+    }
+    fixed!(0 1 2 3 4 5 6 7 8);
+}
+
+/// `dst.copy_from_slice(src)` for rows of a few dozen floats, in 8-float moves: a
+/// `memcpy` call per output row cost more than the copy.
+#[inline]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let mut d8 = dst.chunks_exact_mut(8);
+    let mut s8 = src.chunks_exact(8);
+    for (d, s) in (&mut d8).zip(&mut s8) {
+        let d: &mut [f32; 8] = d.try_into().expect("chunk of 8");
+        *d = s.try_into().expect("chunk of 8");
+    }
+    copy_run(d8.into_remainder(), s8.remainder());
+}
+
+/// The forward product.
+fn fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let mut y = vec![0.0f32; g.b * g.cout * g.p_out()];
+    if y.is_empty() || g.k() == 0 {
+        return y;
+    }
+    // With few input channels, or few output channels, the product over shifted windows
+    // of padded planes needs neither im2col nor transposes. With many of both, the
+    // channels-last product is faster (measured 20–40% at 128 and 256 channels: there the
+    // shifted form's lhs, the unpacked kernel, streams from L3, and it computes the
+    // padded width's extra columns); its vector lanes are output channels, at least 16.
+    if g.cin <= SHIFTED_MAX_CIN || g.cout < 16 {
+        fwd_shifted(g, x, w, &mut y);
+    } else {
+        fwd_channels_last(g, x, w, &mut y);
+    }
+    y
+}
+
+/// Zero-padded input planes for the products with few input or output channels: with
+/// stride `(sh, sw)`, phase plane `(py, px)` of channel `ci` holds the padded input's
+/// pixels `(sh · i + py, sw · j + px)`, so that tap `(a, c)` of output pixel `(oy, ox)`
+/// reads row `oy + a / sh`, column `ox + c / sw` of phase `(a % sh, c % sw)`. Computing
+/// outputs for every column of the planes' width `wp` (the `wp - ow` extra columns are
+/// thrown away) makes the im2col row of a tap over a run of output pixels one
+/// contiguous window of a plane: the kernel reads it in place, and nothing is copied
+/// per tap.
+struct Planes {
+    /// `(B, cin, sh, sw, hp, wp)`, then `kw + 15` zeros: windows read a whole vector,
+    /// and those of the last output row reach that far past their plane (for outputs
+    /// that are thrown away).
+    data: PoolVec,
+    wp: usize,
+    plane: usize,
+}
+
+impl Planes {
+    fn new(g: &Geom, x: &[f32]) -> Self {
+        let (sh, sw) = (g.sh, g.sw);
+        let (hp, wp) = (g.oh + (g.kh - 1) / sh, g.ow + (g.kw - 1) / sw);
+        let plane = hp * wp;
+        let n = g.b * g.cin * sh * sw * plane;
+        let mut data = pool::take(n + g.kw + 15);
+        data[n..].fill(0.0);
+        data[..n]
+            .par_chunks_mut(sh * sw * plane)
+            .zip(x.par_chunks(g.p_in()))
+            .for_each(|(d, src)| {
+                d.fill(0.0);
+                for (phase, d) in d.chunks_exact_mut(plane).enumerate() {
+                    let (py, px) = (phase / sw, phase % sw);
+                    // Plane columns j whose input column sw · j + px - pl is in the image.
+                    let j0 = g.pl.saturating_sub(px).div_ceil(sw);
+                    let j1 = (g.w + g.pl).saturating_sub(px).div_ceil(sw).min(wp);
+                    for i in 0..hp {
+                        let Some(iy) = (sh * i + py).checked_sub(g.pt).filter(|&iy| iy < g.h)
+                        else {
+                            continue;
+                        };
+                        let row = &src[iy * g.w..][..g.w];
+                        let out = &mut d[i * wp..][..wp];
+                        if j0 >= j1 {
+                            continue;
+                        }
+                        let ix0 = sw * j0 + px - g.pl;
+                        if sw == 1 {
+                            out[j0..j1].copy_from_slice(&row[ix0..ix0 + j1 - j0]);
+                        } else {
+                            for (j, o) in out[j0..j1].iter_mut().enumerate() {
+                                *o = row[ix0 + j * sw];
+                            }
+                        }
+                    }
+                }
+            });
+        Self { data, wp, plane }
+    }
+
+    /// Offset of tap `k = (ci · kh + a) · kw + c` (the kernel's own order) from the start
+    /// of an image's planes.
+    fn offsets(&self, g: &Geom) -> Vec<usize> {
+        let mut offs = Vec::with_capacity(g.k());
+        for ci in 0..g.cin {
+            for a in 0..g.kh {
+                for c in 0..g.kw {
+                    let phase = (ci * g.sh + a % g.sh) * g.sw + c % g.sw;
+                    offs.push(phase * self.plane + a / g.sh * self.wp + c / g.sw);
+                }
+            }
+        }
+        offs
+    }
+
+    /// Floats per image.
+    fn image(&self, g: &Geom) -> usize {
+        g.cin * g.sh * g.sw * self.plane
+    }
+}
+
+/// `y (cout × pixels) = W (cout × k) · col (k × pixels)` over panels of 64 pixels of the
+/// padded width, with `col` read from [`Planes`] in place.
+fn fwd_shifted(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
+    let (k, cout, p_out) = (g.k(), g.cout, g.p_out());
+    let planes = Planes::new(g, x);
+    let (wp, grid) = (planes.wp, g.oh * planes.wp);
+    let offs = planes.offsets(g);
+    let items: Vec<(usize, usize, usize)> = (0..g.b)
+        .flat_map(|b| {
+            (0..grid)
+                .step_by(NR)
+                .map(move |q0| (b, q0, NR.min(grid - q0)))
+        })
+        .collect();
+    let yp = SendPtr(y.as_mut_ptr());
+    let y_len = y.len();
+    items.into_par_iter().for_each(|(b, q0, nq)| {
+        let base = &planes.data[b * planes.image(g) + q0..];
+        let mut out = scratch(cout * NR);
+        // With a few row tiles the whole depth goes in one call (fewer passes over the
+        // output); with many, blocks of it whose windows stay in L1 while every tile
+        // reads them.
+        let depth = if cout <= 2 * MR { k } else { KC };
+        for k0 in (0..k).step_by(depth) {
+            let kc = depth.min(k - k0);
+            // SAFETY: `out` holds cout rows of NR ≥ nq floats.
+            unsafe {
+                gemm_panel(&Gemm {
+                    m: cout,
+                    n: nq,
+                    kc,
+                    a: Lhs::Strided(&w[k0..], k),
+                    b: Rhs::Shifted(base, &offs[k0..]),
+                    c: out.as_mut_ptr(),
+                    c_rs: NR,
+                    acc: k0 > 0,
+                })
+            };
+        }
+        // The panel's pixels row by row, less the padded width's extra columns.
+        let mut q = q0;
+        while q < q0 + nq {
+            let (oy, ox0) = (q / wp, q % wp);
+            let ox1 = g.ow.min(ox0 + q0 + nq - q);
+            if ox0 < ox1 {
+                let d = b * cout * p_out + oy * g.ow + ox0;
+                assert!(d + (cout - 1) * p_out + (ox1 - ox0) <= y_len);
+                for co in 0..cout {
+                    let src = &out[co * NR + q - q0..][..ox1 - ox0];
+                    // SAFETY: in bounds (asserted); items write disjoint pixels.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(yp.get().add(d + co * p_out), src.len())
+                    };
+                    copy_short(dst, src);
+                }
+            }
+            q += (wp - ox0).min(q0 + nq - q);
+        }
+    });
+}
+
+/// Input channels up to which the forward uses [`fwd_shifted`].
+const SHIFTED_MAX_CIN: usize = 64;
+
+/// Zero channels for taps in the padding.
+static ZEROS: [f32; KC] = [0.0; KC];
+
+/// `y^T (pixels × cout) = col^T (pixels × k) · W^T (k × cout)` per block of output pixels,
+/// from the channels-last input, for many input and output channels. The kernel reads
+/// the rows of `col^T` where they are: for one tap and a block of channels, the row of an
+/// output pixel is a run of its input pixel's channels (or zeros in the padding), so no
+/// im2col is built; each kernel call covers one tap and up to [`KC`] channels.
+fn fwd_channels_last(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
+    let (taps, k, cin, cout, p_out) = (g.taps(), g.k(), g.cin, g.cout, g.p_out());
+    let xt = to_channels_last(x, g.b, cin, g.p_in());
+    let wt = taps_major(w, g);
+    let wp = Packed::new(k, cout, &wt, 1, k);
+    let items: Vec<(usize, usize, usize)> = (0..g.b)
+        .flat_map(|b| {
+            blocks(p_out, PB)
+                .into_iter()
+                .map(move |(p0, np)| (b, p0, np))
+        })
+        .collect();
+    let yp = SendPtr(y.as_mut_ptr());
+    let y_len = y.len();
+    items.into_par_iter().for_each(|(b, p0, np)| {
+        let xt_b = &xt[b * g.p_in() * cin..][..g.p_in() * cin];
+        let mut out = scratch(np * cout);
+        let mut product = |a: Lhs, k0: usize, kc: usize| {
+            for j in 0..wp.panels() {
+                let pn = wp.panel(j);
+                // SAFETY: `out` holds np rows of cout floats, columns j0 .. j0 + n ≤ cout
+                // written; the panel holds k ≥ k0 + kc rows.
+                unsafe {
+                    gemm_panel(&Gemm {
+                        m: np,
+                        n: pn.n,
+                        kc,
+                        a,
+                        b: Rhs::Packed(&pn.data[k0 * pn.wpad..], pn.wpad),
+                        c: out.as_mut_ptr().add(pn.j0),
+                        c_rs: cout,
+                        acc: k0 > 0,
+                    })
+                };
+            }
+        };
+        // Input pixel of every (tap, output pixel) of the block.
+        let mut src = vec![None; taps * np];
+        for (r, (oy, ox)) in g.pixels(p0).take(np).enumerate() {
+            for t in 0..taps {
+                src[t * np + r] = g.src(oy, ox, t / g.kw, t % g.kw);
+            }
+        }
+        let mut rows: Vec<&[f32]> = Vec::with_capacity(np);
+        for t in 0..taps {
+            for ci0 in (0..cin).step_by(64) {
+                let kc = 64.min(cin - ci0);
+                rows.clear();
+                rows.extend(src[t * np..][..np].iter().map(|s| match s {
+                    Some(q) => &xt_b[q * cin + ci0..][..kc],
+                    None => &ZEROS[..kc],
+                }));
+                product(Lhs::Rows(&rows), t * cin + ci0, kc);
+            }
+        }
+        let base = b * cout * p_out + p0;
+        assert!(base + (cout - 1) * p_out + np <= y_len);
+        // SAFETY: rows co < cout of image b, columns p0 .. p0 + np: in bounds (asserted);
+        // items write disjoint pixel ranges of y.
+        unsafe { transpose_raw(out.as_ptr(), cout, (np, cout), yp.get().add(base), p_out) };
+    });
+}
+
+/// The data gradient `dx` of `y = conv(x, w)` given `dy`.
+fn bwd_data(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    if g.b * g.cin * g.p_in() == 0 || g.cout == 0 {
+        return vec![0.0; g.b * g.cin * g.p_in()];
+    }
+    // At stride 1 the data gradient is the convolution of `dy` with the flipped kernel
+    // (zero padding `k - 1 - pad`): no scatter, and the forward's choice of lanes.
+    if g.sh == 1 && g.sw == 1 && g.pt < g.kh && g.pl < g.kw {
+        let gg = Geom {
+            b: g.b,
+            cin: g.cout,
+            h: g.oh,
+            w: g.ow,
+            cout: g.cin,
+            kh: g.kh,
+            kw: g.kw,
+            sh: 1,
+            sw: 1,
+            pt: g.kh - 1 - g.pt,
+            pl: g.kw - 1 - g.pl,
+            oh: g.h,
+            ow: g.w,
+        };
+        let taps = g.taps();
+        let mut wf = pool::take(w.len());
+        // wf[ci, co, t'] = w[co, ci, taps - 1 - t'] (flipping both axes reverses the taps).
+        wf.par_chunks_mut(g.cout * taps)
+            .enumerate()
+            .for_each(|(ci, d)| {
+                for co in 0..g.cout {
+                    let src = &w[(co * g.cin + ci) * taps..][..taps];
+                    for (o, &v) in d[co * taps..][..taps].iter_mut().zip(src.iter().rev()) {
+                        *o = v;
+                    }
+                }
+            });
+        return fwd(&gg, dy, &wf);
+    }
+    bwd_data_scatter(g, dy, w)
+}
+
+/// `dcol^T (pixels × k) = dy^T (pixels × cout) · W (cout × k)` per block of output pixels,
+/// each block's columns added into the channels-last `dx` as they come out of the kernel.
+fn bwd_data_scatter(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let (taps, k, cin, cout, p_out, p_in) = (g.taps(), g.k(), g.cin, g.cout, g.p_out(), g.p_in());
+    let wt = taps_major(w, g);
+    let wp = Packed::new(cout, k, &wt, k, 1);
+    let runs: Vec<Vec<Run>> = (0..wp.panels())
+        .map(|j| {
+            let pn = wp.panel(j);
+            g.runs(pn.j0, pn.n)
+        })
+        .collect();
+    let mut dx = vec![0.0f32; g.b * cin * p_in];
+    // Work items must not add into the same elements. Panels of whole 64-channel blocks
+    // each touch one channel block, so items can split an image by channel block; other
+    // panels straddle taps, and an image is one item.
+    let groups = if cin.is_multiple_of(NR) { cin / NR } else { 1 };
+    if groups == 1 {
+        // One pass: each image's reorderings happen in its item, in thread scratch (every
+        // pass over the batch costs the threads a wake-up and the caches a sweep).
+        let all: Vec<usize> = (0..wp.panels()).collect();
+        dx.par_chunks_mut(cin * p_in)
+            .zip(dy.par_chunks(cout * p_out))
+            .for_each(|(dx_b, dy_b)| {
+                let mut dyt = scratch(p_out * cout);
+                transpose(dy_b, cout, p_out, &mut dyt);
+                let mut dxt = scratch(p_in * cin);
+                dxt.fill(0.0);
+                let dxt_ptr = SendPtr(dxt.as_mut_ptr());
+                // SAFETY: dxt holds one image; nothing else touches it.
+                unsafe { scatter_image(g, &dyt, &wp, &runs, &all, dxt_ptr) };
+                transpose(&dxt, p_in, cin, dx_b);
+            });
+        return dx;
+    }
+    let dyt = to_channels_last(dy, g.b, cout, p_out);
+    let mut dxt = pool::take(g.b * p_in * cin);
+    dxt.par_chunks_mut(1 << 14).for_each(|c| c.fill(0.0));
+    let items: Vec<(usize, usize)> = (0..g.b)
+        .flat_map(|b| (0..groups).map(move |cg| (b, cg)))
+        .collect();
+    let dxp = SendPtr(dxt.as_mut_ptr());
+    items.into_par_iter().for_each(|(b, cg)| {
+        let panels: Vec<usize> = (0..taps).map(|t| t * groups + cg).collect();
+        let dyt_b = &dyt[b * p_out * cout..][..p_out * cout];
+        // SAFETY: image b of dxt; items add into disjoint channel blocks of it (the
+        // panels of block cg touch channels cg · 64 .. cg · 64 + 64 only).
+        unsafe {
+            scatter_image(
+                g,
+                dyt_b,
+                &wp,
+                &runs,
+                &panels,
+                SendPtr(dxp.get().add(b * p_in * cin)),
+            )
+        };
+    });
+    dx.par_chunks_mut(cin * p_in)
+        .zip(dxt.par_chunks(cin * p_in))
+        .for_each(|(d, s)| transpose(s, p_in, cin, d));
+    dx
+}
+
+/// Adds the columns `panels` of `dcol^T = dy^T · W` of one image into its channels-last
+/// `dx`, a block of output pixels at a time.
+///
+/// # Safety
+/// `dxt` must point to one image's `p_in × cin` floats, and no one else may touch the
+/// channels these panels cover meanwhile.
+unsafe fn scatter_image(
+    g: &Geom,
+    dyt: &[f32],
+    wp: &Packed,
+    runs: &[Vec<Run>],
+    panels: &[usize],
+    dxt: SendPtr,
+) {
+    let cout = g.cout;
+    let mut dcol = scratch(PB.min(g.p_out()).next_multiple_of(MR) * NR);
+    for (p0, np) in blocks(g.p_out(), PB) {
+        for &j in panels {
+            let pn = wp.panel(j);
+            for k0 in (0..cout).step_by(KC) {
+                let kc = KC.min(cout - k0);
+                // SAFETY: dcol holds ≥ np rows of NR ≥ n floats.
+                unsafe {
+                    gemm_panel(&Gemm {
+                        m: np,
+                        n: pn.n,
+                        kc,
+                        a: Lhs::Strided(&dyt[p0 * cout + k0..], cout),
+                        b: Rhs::Packed(&pn.data[k0 * pn.wpad..], pn.wpad),
+                        c: dcol.as_mut_ptr(),
+                        c_rs: NR,
+                        acc: k0 > 0,
+                    })
+                };
+            }
+            for (r, (oy, ox)) in g.pixels(p0).take(np).enumerate() {
+                let src = &dcol[r * NR..][..pn.n];
+                for run in &runs[j] {
+                    if let Some(q) = g.src(oy, ox, run.a, run.c) {
+                        // SAFETY: q < p_in and ci + len ≤ cin: inside the image, in channels
+                        // this call owns (caller's contract).
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                dxt.get().add(q * g.cin + run.ci),
+                                run.len,
+                            )
+                        };
+                        for (o, &v) in dst.iter_mut().zip(&src[run.off..][..run.len]) {
+                            *o += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The weight gradient `dW (cout × k) = Σ_b dy_b (cout × pixels) · col_b^T (pixels × k)`,
+/// `col^T` in channels-last order built a `KC × 64` panel at a time; each thread sums its
+/// share of the batch into its own copy, and the copies are added at the end.
+fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (taps, k, cin, cout, p_out, p_in) = (g.taps(), g.k(), g.cin, g.cout, g.p_out(), g.p_in());
+    let mut dw = vec![0.0f32; cout * k];
+    if dw.is_empty() || g.b * p_out == 0 {
+        return dw;
+    }
+    if cout < 16 {
+        bwd_weight_shifted(g, x, dy, &mut dw);
+        return dw;
+    }
+    let runs: Vec<Vec<Run>> = (0..k)
+        .step_by(NR)
+        .map(|j0| g.runs(j0, NR.min(k - j0)))
+        .collect();
+    let span = (WGRAD_ITEM_FLOATS / cout)
+        .max(1)
+        .next_multiple_of(KC)
+        .min(p_out);
+    // With whole images per item, each item reorders its own image (in thread scratch,
+    // saving a pass over the batch); otherwise the batch is reordered first.
+    let xt = (span < p_out).then(|| to_channels_last(x, g.b, cin, p_in));
+    let items: Vec<(usize, usize, usize)> = (0..g.b)
+        .flat_map(|b| {
+            (0..p_out)
+                .step_by(span)
+                .map(move |p0| (b, p0, span.min(p_out - p0)))
+        })
+        .collect();
+    let shares = rayon::current_num_threads().clamp(1, items.len());
+    let per = items.len().div_ceil(shares);
+    let sum = items
+        .par_chunks(per)
+        .map(|share| {
+            let mut acc = pool::take(cout * k);
+            acc.fill(0.0);
+            let mut cols = pool::take(KC * NR);
+            let mut own = scratch(if xt.is_some() { 0 } else { p_in * cin });
+            for &(b, p0, np) in share {
+                let xt_b = match &xt {
+                    Some(xt) => &xt[b * p_in * cin..][..p_in * cin],
+                    None => {
+                        transpose(&x[b * cin * p_in..][..cin * p_in], cin, p_in, &mut own);
+                        &own[..]
+                    }
+                };
+                let dy_b = &dy[b * cout * p_out..][..cout * p_out];
+                for (j0, runs) in (0..k).step_by(NR).zip(&runs) {
+                    let n = NR.min(k - j0);
+                    let wpad = n.next_multiple_of(16);
+                    for q0 in (p0..p0 + np).step_by(KC) {
+                        let kc = KC.min(p0 + np - q0);
+                        fill_cols(g, xt_b, (q0, kc), runs, n, &mut cols, wpad, wpad);
+                        // SAFETY: acc holds cout rows of k floats, columns j0 .. j0 + n
+                        // written.
+                        unsafe {
+                            gemm_panel(&Gemm {
+                                m: cout,
+                                n,
+                                kc,
+                                a: Lhs::Strided(&dy_b[q0..], p_out),
+                                b: Rhs::Packed(&cols, wpad),
+                                c: acc.as_mut_ptr().add(j0),
+                                c_rs: k,
+                                acc: true,
+                            })
+                        };
+                    }
+                }
+            }
+            acc
+        })
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(b.iter()).for_each(|(x, y)| *x += y);
+            a
+        })
+        .expect("at least one share");
+    // Channels-last columns back to the kernel's (ci, a, c) order.
+    for (d, s) in dw.chunks_exact_mut(k).zip(sum.chunks_exact(k)) {
+        transpose(s, taps, cin, d);
+    }
+    dw
+}
+
+/// The weight gradient for few output channels at stride 1: `dW[co, k] = Σ_q dy[co, q] ·
+/// col[k, q]` as dot products over output pixels (in the vector lanes), `col` read in
+/// place from [`Planes`] and `dy` spread to the planes' width with zeros in the extra
+/// columns. (The product form would waste most lanes on a handful of output channels,
+/// or build the whole im2col for every output channel to touch once.)
+fn bwd_weight_shifted(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let (k, cout, p_out) = (g.k(), g.cout, g.p_out());
+    let planes = Planes::new(g, x);
+    let wp = planes.wp;
+    let grid = g.oh * wp;
+    let gpad = grid.next_multiple_of(16);
+    let mut dyp = pool::take(g.b * cout * gpad);
+    dyp.par_chunks_mut(gpad)
+        .zip(dy.par_chunks(p_out))
+        .for_each(|(d, s)| {
+            d.fill(0.0);
+            for (oy, row) in s.chunks_exact(g.ow).enumerate() {
+                d[oy * wp..][..g.ow].copy_from_slice(row);
+            }
+        });
+    let mut offs = planes.offsets(g);
+    // Whole tiles of taps: the padding taps read plane 0 and are thrown away.
+    offs.resize(k.next_multiple_of(dots::J_MAX), 0);
+    // Pixel spans of a few thousand: a tile's accumulators sum a span, then go to memory.
+    let span = 4096.min(gpad);
+    let items: Vec<(usize, usize)> = (0..g.b)
+        .flat_map(|b| (0..gpad).step_by(span).map(move |q0| (b, q0)))
+        .collect();
+    let shares = rayon::current_num_threads().clamp(1, items.len());
+    let per = items.len().div_ceil(shares);
+    let sum = items
+        .par_chunks(per)
+        .map(|share| {
+            let mut acc = vec![0.0f32; cout * k];
+            for &(b, q0) in share {
+                let q1 = (q0 + span).min(gpad);
+                let base = &planes.data[b * planes.image(g) + q0..];
+                let dyb = &dyp[b * cout * gpad..][..cout * gpad];
+                dots::run(&dyb[q0..], gpad, cout, q1 - q0, base, &offs, k, &mut acc);
+            }
+            acc
+        })
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        })
+        .expect("at least one share");
+    dw.copy_from_slice(&sum);
+}
+
+/// Dot products of a few rows against many shifted windows, for [`bwd_weight_shifted`].
+mod dots {
+    /// Windows per register tile at most (the tile for one row).
+    pub(super) const J_MAX: usize = 24;
+
+    /// `acc[r · k + j] += Σ_{q < len} a[r · a_rs + q] · base[offs[j] + q]` for `r < m`,
+    /// `j < k`; `len` is a multiple of 16 and `offs` holds `k` rounded up to [`J_MAX`]
+    /// entries, each window in bounds.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run(
+        a: &[f32],
+        a_rs: usize,
+        m: usize,
+        len: usize,
+        base: &[f32],
+        offs: &[usize],
+        k: usize,
+        acc: &mut [f32],
+    ) {
+        assert!(len.is_multiple_of(16) && offs.len() >= k.next_multiple_of(J_MAX));
+        assert!(m == 0 || (m - 1) * a_rs + len <= a.len());
+        assert!(offs.iter().all(|&o| o + len <= base.len()) && acc.len() >= m * k);
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; extents are asserted above.
+            unsafe { avx512::run(a, a_rs, m, len, base, offs, k, acc) };
+            return;
+        }
+        for r in 0..m {
+            let row = &a[r * a_rs..][..len];
+            for j in 0..k {
+                let win = &base[offs[j]..][..len];
+                acc[r * k + j] += row.iter().zip(win).map(|(x, y)| x * y).sum::<f32>();
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod avx512 {
+        use std::arch::x86_64::*;
+
+        use super::J_MAX;
+
+        /// # Safety
+        /// The CPU must have AVX-512F and the operands must satisfy [`super::run`]'s
+        /// assertions.
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = "avx512f")]
+        pub(super) unsafe fn run(
+            a: &[f32],
+            a_rs: usize,
+            m: usize,
+            len: usize,
+            base: &[f32],
+            offs: &[usize],
+            k: usize,
+            acc: &mut [f32],
+        ) {
+            let mut r0 = 0;
+            while r0 < m {
+                let rows = (m - r0).min(4);
+                for j0 in (0..k).step_by(J_MAX) {
+                    let a = a[r0 * a_rs..].as_ptr();
+                    let o = &offs[j0..j0 + J_MAX];
+                    let out = &mut acc[r0 * k..];
+                    let cols = (k - j0).min(J_MAX);
+                    // SAFETY: rows r0 .. r0 + rows ≤ m of `a` and the windows of `o` hold
+                    // `len` floats (asserted by the caller).
+                    unsafe {
+                        match rows {
+                            1 => tile::<1, 24>(a, a_rs, len, base.as_ptr(), o, out, k, j0, cols),
+                            2 => tile::<2, 12>(a, a_rs, len, base.as_ptr(), o, out, k, j0, cols),
+                            3 => tile::<3, 8>(a, a_rs, len, base.as_ptr(), o, out, k, j0, cols),
+                            _ => tile::<4, 6>(a, a_rs, len, base.as_ptr(), o, out, k, j0, cols),
+                        }
+                    }
+                }
+                r0 += rows;
+            }
+        }
+
+        /// Rows `r < R` against windows `j0 .. j0 + cols` (`J` at a time, `J` dividing
+        /// [`J_MAX`]): `R · J` accumulators, `R + J` loads per 16 pixels.
+        ///
+        /// # Safety
+        /// As [`run`]; `out` holds R rows of `k` from which columns `j0 .. j0 + cols` are
+        /// updated.
+        #[allow(clippy::too_many_arguments)]
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn tile<const R: usize, const J: usize>(
+            a: *const f32,
+            a_rs: usize,
+            len: usize,
+            base: *const f32,
+            offs: &[usize],
+            out: &mut [f32],
+            k: usize,
+            j0: usize,
+            cols: usize,
+        ) {
+            for jj in (0..cols).step_by(J) {
+                let mut win = [std::ptr::null(); J];
+                for (j, w) in win.iter_mut().enumerate() {
+                    // SAFETY: offs holds J_MAX windows, in bounds (caller's contract).
+                    *w = unsafe { base.add(offs[jj + j]) };
+                }
+                let mut sum = [[_mm512_setzero_ps(); J]; R];
+                for q in (0..len).step_by(16) {
+                    let mut av = [_mm512_setzero_ps(); R];
+                    for (r, v) in av.iter_mut().enumerate() {
+                        // SAFETY: row r < R, pixels q .. q + 16 ≤ len.
+                        *v = unsafe { _mm512_loadu_ps(a.add(r * a_rs + q)) };
+                    }
+                    for (j, &w) in win.iter().enumerate() {
+                        // SAFETY: window j holds len floats.
+                        let xv = unsafe { _mm512_loadu_ps(w.add(q)) };
+                        for (s, &v) in sum.iter_mut().zip(&av) {
+                            s[j] = _mm512_fmadd_ps(v, xv, s[j]);
+                        }
+                    }
+                }
+                for (r, row) in sum.iter().enumerate() {
+                    for (j, &v) in row.iter().enumerate().take(cols - jj) {
+                        out[r * k + j0 + jj + j] += _mm512_reduce_add_ps(v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The kernel.
+// ---------------------------------------------------------------------------------------
+
+/// The lhs of a [`Gemm`]: row `i` starts at `a[i · rs]` (`Strided`) or is `rows[i]`
+/// (`Rows`, for rows gathered from anywhere: the input pixels of one tap).
+#[derive(Clone, Copy)]
+enum Lhs<'a> {
+    Strided(&'a [f32], usize),
+    Rows(&'a [&'a [f32]]),
+}
+
+impl Lhs<'_> {
+    /// Start of row `i`.
+    fn row(&self, i: usize) -> *const f32 {
+        match *self {
+            // Not dereferenced unless the row holds `kc > 0` elements (checked).
+            Lhs::Strided(a, rs) => a.as_ptr().wrapping_add(i * rs),
+            Lhs::Rows(rows) => rows[i].as_ptr(),
+        }
+    }
+}
+
+/// The rhs of a [`Gemm`]: row `p` starts at `b[p · rs]` (`Packed`: a panel) or at
+/// `base[offs[p]]` (`Shifted`: windows of zero-padded input planes, each row a tap's
+/// view of a run of output pixels). Rows are read a whole vector at a time: up to the
+/// next multiple of 16 columns must be readable.
+#[derive(Clone, Copy)]
+enum Rhs<'a> {
+    Packed(&'a [f32], usize),
+    Shifted(&'a [f32], &'a [usize]),
+}
+
+impl Rhs<'_> {
+    /// Start of row `p`.
+    fn row(&self, p: usize) -> *const f32 {
+        match *self {
+            // Not dereferenced unless rows hold `kc > 0` elements (checked).
+            Rhs::Packed(b, rs) => b.as_ptr().wrapping_add(p * rs),
+            Rhs::Shifted(base, offs) => base.as_ptr().wrapping_add(offs[p]),
+        }
+    }
+}
+
+/// `c (m × n) [+]= a (m × kc) · b (kc × n)` for one panel of `n ≤ 64` columns; `c` is
+/// row-major with stride `c_rs` and only its `n` columns are written. Without `acc` the
+/// old `c` is never read.
+struct Gemm<'a> {
+    m: usize,
+    n: usize,
+    kc: usize,
+    a: Lhs<'a>,
+    b: Rhs<'a>,
+    c: *mut f32,
+    c_rs: usize,
+    acc: bool,
+}
+
+/// Runs [`Gemm`] with the AVX-512 kernel where the CPU has it.
+///
+/// # Safety
+/// `c[i · c_rs + j]` for `i < m`, `j < n` must be valid for reads and writes and not be
+/// written by anyone else meanwhile. (`a` and `b` are checked.)
+unsafe fn gemm_panel(g: &Gemm) {
+    if g.m == 0 || g.n == 0 {
+        return;
+    }
+    assert!(g.n <= NR);
+    if g.kc > 0 {
+        match g.a {
+            Lhs::Strided(a, rs) => assert!((g.m - 1) * rs + g.kc <= a.len()),
+            Lhs::Rows(rows) => assert!(rows.len() >= g.m && rows.iter().all(|r| r.len() >= g.kc)),
+        }
+        let width = g.n.next_multiple_of(16);
+        match g.b {
+            Rhs::Packed(b, rs) => assert!(rs >= width && (g.kc - 1) * rs + width <= b.len()),
+            Rhs::Shifted(base, offs) => {
+                assert!(offs.len() >= g.kc && offs[..g.kc].iter().all(|&o| o + width <= base.len()))
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F; operand extents are checked above, `c`'s is the
+        // caller's contract.
+        unsafe { avx512::panel(g) };
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { gemm_portable(g) }
+}
+
+/// The same product in plain Rust, for CPUs without AVX-512.
+///
+/// # Safety
+/// As [`gemm_panel`], whose checks must have passed.
+unsafe fn gemm_portable(g: &Gemm) {
+    let mut row = [0.0f32; NR];
+    for i in 0..g.m {
+        let row = &mut row[..g.n];
+        row.fill(0.0);
+        let a = g.a.row(i);
+        for p in 0..g.kc {
+            // SAFETY: row i of a holds kc elements, row p of b n (checked by the caller).
+            let (x, b) = unsafe { (*a.add(p), std::slice::from_raw_parts(g.b.row(p), g.n)) };
+            for (s, &bv) in row.iter_mut().zip(b) {
+                *s += x * bv;
+            }
+        }
+        for (j, &s) in row.iter().enumerate() {
+            // SAFETY: i < m, j < n: the caller's contract.
+            unsafe {
+                let c = g.c.add(i * g.c_rs + j);
+                *c = if g.acc { *c + s } else { s };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Gemm, MR, Rhs};
+
+    /// Where the kernel finds row `p` of the rhs.
+    trait RhsRows: Copy {
+        /// # Safety
+        /// `p` must be a row the [`Gemm`] checks covered.
+        unsafe fn row(self, p: usize) -> *const f32;
+    }
+
+    #[derive(Clone, Copy)]
+    struct PackedRows(*const f32, usize);
+
+    impl RhsRows for PackedRows {
+        #[inline(always)]
+        unsafe fn row(self, p: usize) -> *const f32 {
+            // SAFETY: the caller's contract.
+            unsafe { self.0.add(p * self.1) }
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    struct ShiftedRows(*const f32, *const usize);
+
+    impl RhsRows for ShiftedRows {
+        #[inline(always)]
+        unsafe fn row(self, p: usize) -> *const f32 {
+            // SAFETY: the caller's contract.
+            unsafe { self.0.add(*self.1.add(p)) }
+        }
+    }
+
+    /// Every row tile of [`Gemm`] against its panel.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and `g` must satisfy [`super::gemm_panel`]'s checks and
+    /// contract.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn panel(g: &Gemm) {
+        // SAFETY: forwarded.
+        unsafe {
+            match g.b {
+                Rhs::Packed(b, rs) => panel_with(g, PackedRows(b.as_ptr(), rs)),
+                Rhs::Shifted(base, offs) => {
+                    panel_with(g, ShiftedRows(base.as_ptr(), offs.as_ptr()))
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`panel`], with `b` describing `g.b`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn panel_with<B: RhsRows>(g: &Gemm, b: B) {
+        let nv = g.n.div_ceil(16);
+        let tail = g.n - 16 * (nv - 1);
+        let mask: __mmask16 = if tail == 16 { !0 } else { (1 << tail) - 1 };
+        let mut i0 = 0;
+        while i0 < g.m {
+            let mr = MR.min(g.m - i0);
+            let mut a = [std::ptr::null(); MR];
+            for (r, p) in a.iter_mut().enumerate().take(mr) {
+                *p = g.a.row(i0 + r);
+            }
+            let a = &a;
+            // SAFETY: rows i0 .. i0 + mr < m of c and a, kc rows of b, n columns: in bounds
+            // by the caller's checks; mr is 1..=MR and nv 1..=4 (n ≤ 64).
+            unsafe {
+                let c = g.c.add(i0 * g.c_rs);
+                macro_rules! go {
+                    ($($r:literal),*) => {
+                        match (mr, nv) {
+                            $(
+                                ($r, 4) => tile::<$r, 4, B>(g.kc, a, b, c, g.c_rs, g.acc, mask),
+                                ($r, 3) => tile::<$r, 3, B>(g.kc, a, b, c, g.c_rs, g.acc, mask),
+                                ($r, 2) => tile::<$r, 2, B>(g.kc, a, b, c, g.c_rs, g.acc, mask),
+                                ($r, 1) => tile::<$r, 1, B>(g.kc, a, b, c, g.c_rs, g.acc, mask),
+                            )*
+                            _ => unreachable!("tile {mr}×{nv}"),
+                        }
+                    };
+                }
+                const _: () = assert!(MR == 6);
+                go!(6, 5, 4, 3, 2, 1);
+            }
+            i0 += mr;
+        }
+    }
+
+    /// `dst[j · dst_rs + i] = src[i · src_rs + j]` for `i, j < 16`: the textbook
+    /// in-register transpose (32-bit, 64-bit and two 128-bit interleaving stages).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and both 16 × 16 blocks must be in bounds.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose16(src: *const f32, src_rs: usize, dst: *mut f32, dst_rs: usize) {
+        let mut r = [_mm512_setzero_ps(); 16];
+        for (i, v) in r.iter_mut().enumerate() {
+            // SAFETY: row i < 16 of the block (caller's contract).
+            *v = unsafe { _mm512_loadu_ps(src.add(i * src_rs)) };
+        }
+        // t[2i], t[2i+1]: rows 2i and 2i+1 interleaved by element, per 128-bit lane.
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        // u[4g + c], lane l: rows 4g .. 4g + 4 of column 4l + c.
+        let pd = _mm512_castps_pd;
+        let ps = _mm512_castpd_ps;
+        let mut u = [_mm512_setzero_ps(); 16];
+        for g in 0..4 {
+            let (a0, a1, b0, b1) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+            u[4 * g] = ps(_mm512_unpacklo_pd(pd(a0), pd(b0)));
+            u[4 * g + 1] = ps(_mm512_unpackhi_pd(pd(a0), pd(b0)));
+            u[4 * g + 2] = ps(_mm512_unpacklo_pd(pd(a1), pd(b1)));
+            u[4 * g + 3] = ps(_mm512_unpackhi_pd(pd(a1), pd(b1)));
+        }
+        // Column 4l + c gathers lane l of u[c], u[4 + c], u[8 + c], u[12 + c]: a 4 × 4
+        // transpose of 128-bit lanes.
+        for c in 0..4 {
+            let (a, b, cc, d) = (u[c], u[4 + c], u[8 + c], u[12 + c]);
+            let v0 = _mm512_shuffle_f32x4::<0x44>(a, b);
+            let v1 = _mm512_shuffle_f32x4::<0xEE>(a, b);
+            let v2 = _mm512_shuffle_f32x4::<0x44>(cc, d);
+            let v3 = _mm512_shuffle_f32x4::<0xEE>(cc, d);
+            let cols = [
+                _mm512_shuffle_f32x4::<0x88>(v0, v2),
+                _mm512_shuffle_f32x4::<0xDD>(v0, v2),
+                _mm512_shuffle_f32x4::<0x88>(v1, v3),
+                _mm512_shuffle_f32x4::<0xDD>(v1, v3),
+            ];
+            for (l, v) in cols.into_iter().enumerate() {
+                // SAFETY: row 4l + c < 16 of the destination block (caller's contract).
+                unsafe { _mm512_storeu_ps(dst.add((4 * l + c) * dst_rs), v) };
+            }
+        }
+    }
+
+    /// `c (R × 16·V) [+]= a (R × kc) · b (kc × 16·V)` in `R · V` zmm accumulators; the
+    /// last vector of each `c` row is loaded and stored under `mask`. 6 × 4 accumulators,
+    /// 4 `b` vectors and a broadcast fill 29 of the 32 registers, and each step of `kc`
+    /// issues 24 FMAs for 10 loads, which keeps both FMA ports busy.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `a[i][p]`, `b.row(p)[j]` (j < 16·V) and the unmasked
+    /// `c[i · c_rs + j]` must be in bounds for i < R, p < kc.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const R: usize, const V: usize, B: RhsRows>(
+        kc: usize,
+        a: &[*const f32; MR],
+        b: B,
+        c: *mut f32,
+        c_rs: usize,
+        acc: bool,
+        mask: __mmask16,
+    ) {
+        let mut sum = [[_mm512_setzero_ps(); V]; R];
+        for p in 0..kc {
+            // SAFETY: p < kc: in bounds by the contract.
+            let row = unsafe { b.row(p) };
+            let mut bv = [_mm512_setzero_ps(); V];
+            for (v, x) in bv.iter_mut().enumerate() {
+                // SAFETY: 16·v + 15 < 16·V: in bounds by the contract.
+                *x = unsafe { _mm512_loadu_ps(row.add(16 * v)) };
+            }
+            for (i, row) in sum.iter_mut().enumerate() {
+                // SAFETY: i < R, p < kc: in bounds by the contract.
+                let x = _mm512_set1_ps(unsafe { *a[i].add(p) });
+                for (s, &bb) in row.iter_mut().zip(&bv) {
+                    *s = _mm512_fmadd_ps(x, bb, *s);
+                }
+            }
+        }
+        for (i, row) in sum.iter().enumerate() {
+            for (v, &s) in row.iter().enumerate() {
+                let m = if v + 1 == V { mask } else { !0 };
+                // SAFETY: i < R; the lanes under `m` are in bounds by the contract.
+                unsafe {
+                    let p = c.add(i * c_rs + 16 * v);
+                    let s = if acc {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), s)
+                    } else {
+                        s
+                    };
+                    _mm512_mask_storeu_ps(p, m, s);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(17);
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    fn random(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        Tensor::from_vec(values(n, seed), shape, &Device::Cpu).unwrap()
+    }
+
+    fn to_f64(t: &Tensor) -> Vec<f64> {
+        t.flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// Visits every (input, weight, output) index triple of the convolution `g`, straight
+    /// from the formula in [`Geom`]'s documentation: the reference for all three products.
+    fn each_term(g: &Geom, mut f: impl FnMut(usize, usize, usize)) {
+        for b in 0..g.b {
+            for co in 0..g.cout {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let yi = ((b * g.cout + co) * g.oh + oy) * g.ow + ox;
+                        for ci in 0..g.cin {
+                            for a in 0..g.kh {
+                                for c in 0..g.kw {
+                                    let iy = (oy * g.sh + a) as isize - g.pt as isize;
+                                    let ix = (ox * g.sw + c) as isize - g.pl as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xi =
+                                        ((b * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize;
+                                    let wi = ((co * g.cin + ci) * g.kh + a) * g.kw + c;
+                                    f(xi, wi, yi);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn direct_fwd(g: &Geom, x: &[f64], w: &[f64]) -> Vec<f64> {
+        let mut y = vec![0.0; g.b * g.cout * g.p_out()];
+        each_term(g, |xi, wi, yi| y[yi] += x[xi] * w[wi]);
+        y
+    }
+
+    fn direct_data(g: &Geom, dy: &[f64], w: &[f64]) -> Vec<f64> {
+        let mut dx = vec![0.0; g.b * g.cin * g.p_in()];
+        each_term(g, |xi, wi, yi| dx[xi] += dy[yi] * w[wi]);
+        dx
+    }
+
+    fn direct_weight(g: &Geom, x: &[f64], dy: &[f64]) -> Vec<f64> {
+        let mut dw = vec![0.0; g.cout * g.k()];
+        each_term(g, |xi, wi, yi| dw[wi] += x[xi] * dy[yi]);
+        dw
+    }
+
+    /// Largest difference, asserted below `tol · (1 + largest |reference|)`.
+    fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        let scale = 1.0 + want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let (i, d) = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .enumerate()
+            .fold(
+                (0, 0.0),
+                |(bi, bd), (i, d)| if d > bd { (i, d) } else { (bi, bd) },
+            );
+        assert!(
+            d <= tol * scale,
+            "{what}: [{i}] {} vs {} (diff {d:e}, scale {scale})",
+            got[i],
+            want[i]
+        );
+        // A kernel that wrote nothing would pass a loose comparison with a zero reference.
+        assert!(
+            want.iter().any(|v| v.abs() > 1e-3),
+            "{what}: degenerate reference"
+        );
+    }
+
+    /// `(b, cin, cout, h, w, kh, kw, stride, padding)`: odd sizes, both strides, paddings 0
+    /// to 3 (asymmetric too), 1×7 / 7×1 kernels; output channels below 16 (pixels in the
+    /// lanes) and above, several panels and k-blocks, data gradients by gather (stride 1)
+    /// and scatter (channel-block items at 128 channels), a weight gradient in several
+    /// items per image.
+    type ConvCase = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        (usize, usize),
+        [usize; 4],
+    );
+    const CONV_CASES: &[ConvCase] = &[
+        (1, 1, 1, 7, 9, 3, 3, (1, 1), [1, 1, 1, 1]),
+        (3, 5, 4, 7, 9, 3, 3, (2, 2), [1, 1, 1, 1]),
+        (3, 5, 20, 7, 9, 4, 4, (2, 2), [0, 1, 0, 1]),
+        (1, 5, 17, 9, 7, 5, 5, (1, 1), [2, 2, 2, 2]),
+        (3, 1, 32, 7, 9, 7, 7, (1, 1), [3, 3, 3, 3]),
+        (1, 5, 16, 7, 9, 1, 7, (1, 1), [0, 0, 3, 3]),
+        (3, 5, 16, 7, 9, 7, 1, (1, 1), [3, 3, 0, 0]),
+        (1, 5, 3, 9, 7, 1, 1, (1, 1), [0, 0, 0, 0]),
+        (3, 5, 24, 7, 9, 3, 3, (1, 1), [3, 3, 3, 3]),
+        (3, 5, 2, 9, 7, 5, 5, (2, 2), [2, 2, 2, 2]),
+        (1, 5, 6, 7, 9, 3, 3, (1, 1), [0, 1, 0, 1]),
+        (2, 128, 20, 5, 6, 3, 3, (2, 2), [1, 0, 1, 0]),
+        (2, 20, 70, 20, 17, 3, 3, (1, 1), [1, 1, 1, 1]),
+        (1, 3, 520, 20, 17, 3, 3, (1, 1), [1, 1, 1, 1]),
+        (2, 32, 64, 28, 28, 3, 3, (2, 2), [0, 1, 0, 1]),
+    ];
+
+    /// Unequal strides, which candle cannot run: checked against the direct loop only.
+    const UNEQUAL_STRIDES: &[ConvCase] = &[
+        (1, 5, 16, 8, 9, 3, 3, (1, 2), [1, 1, 1, 1]),
+        (2, 3, 5, 9, 8, 4, 3, (2, 1), [0, 1, 2, 0]),
+    ];
+
+    /// `(b, cin, cout, h, w, k, stride, padding, output_padding)`.
+    type ConvTCase = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+    );
+    const CONVT_CASES: &[ConvTCase] = &[
+        (1, 1, 1, 7, 9, 3, 2, 1, 0),
+        (3, 5, 4, 7, 9, 3, 2, 1, 1),
+        (3, 5, 20, 7, 9, 4, 2, 1, 0),
+        (2, 5, 17, 7, 9, 4, 2, 1, 1),
+        (2, 16, 128, 4, 5, 4, 2, 1, 0),
+        (1, 5, 3, 7, 9, 3, 1, 0, 0),
+        (1, 5, 20, 7, 9, 3, 1, 1, 0),
+        (1, 3, 5, 4, 4, 3, 2, 0, 1),
+        (2, 64, 32, 14, 14, 3, 2, 1, 1),
+    ];
+
+    fn conv_setup(case: &ConvCase, seed: u64) -> (Tensor, Tensor, Conv2dParams) {
+        let &(b, cin, cout, h, w, kh, kw, stride, padding) = case;
+        (
+            random((b, cin, h, w), seed),
+            random((cout, cin, kh, kw), seed + 1),
+            Conv2dParams { stride, padding },
+        )
+    }
+
+    fn convt_setup(case: &ConvTCase, seed: u64) -> (Tensor, Tensor, ConvTranspose2dParams) {
+        let &(b, cin, cout, h, w, k, stride, padding, output_padding) = case;
+        (
+            random((b, cin, h, w), seed),
+            random((cin, cout, k, k), seed + 1),
+            ConvTranspose2dParams {
+                stride,
+                padding,
+                output_padding,
+            },
+        )
+    }
+
+    /// f32 sums over `k` terms of magnitude ≤ 1/4.
+    fn tol(k: usize) -> f64 {
+        2e-6 * (k as f64).sqrt().max(1.0)
+    }
+
+    #[test]
+    fn conv2d_forward_matches_candle_and_the_direct_loop() -> Result<()> {
+        for (i, case) in CONV_CASES.iter().chain(UNEQUAL_STRIDES).enumerate() {
+            let (x, w, p) = conv_setup(case, 10 + i as u64);
+            let g = conv2d_geom(x.dims4()?, w.dims4()?, p)?;
+            let ours = conv2d(&x, &w, p)?;
+            assert_eq!(ours.dims4()?, (g.b, g.cout, g.oh, g.ow), "{case:?}");
+            let direct = direct_fwd(&g, &to_f64(&x), &to_f64(&w));
+            assert_close(
+                &to_f64(&ours),
+                &direct,
+                tol(g.k()),
+                &format!("{case:?} direct"),
+            );
+            if p.stride.0 == p.stride.1 {
+                let candle = conv2d_candle(&x.to_dtype(DType::F64)?, &w.to_dtype(DType::F64)?, p)?;
+                assert_eq!(candle.dims4()?, ours.dims4()?);
+                assert_close(
+                    &to_f64(&ours),
+                    &to_f64(&candle),
+                    tol(g.k()),
+                    &format!("{case:?} candle"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn conv_transpose2d_forward_matches_candle_and_the_direct_loop() -> Result<()> {
+        for (i, case) in CONVT_CASES.iter().enumerate() {
+            let (x, w, p) = convt_setup(case, 40 + i as u64);
+            let ours = conv_transpose2d(&x, &w, p)?;
+            let candle =
+                conv_transpose2d_candle(&x.to_dtype(DType::F64)?, &w.to_dtype(DType::F64)?, p)?;
+            assert_eq!(ours.dims4()?, candle.dims4()?, "{case:?}");
+            let g = conv_transpose2d_geom(x.dims4()?, w.dims4()?, p)?;
+            let terms = g.cout * g.taps();
+            assert_close(
+                &to_f64(&ours),
+                &to_f64(&candle),
+                tol(terms),
+                &format!("{case:?} candle"),
+            );
+            let direct = direct_data(&g, &to_f64(&x), &to_f64(&w));
+            assert_close(
+                &to_f64(&ours),
+                &direct,
+                tol(terms),
+                &format!("{case:?} direct"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Gradients of `Σ f(x, w) · r` for both arguments, from our op and from candle's (in
+    /// f64) on the same values.
+    fn grads_of(
+        f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
+        x: &Tensor,
+        w: &Tensor,
+        seed: u64,
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        let (xv, wv) = (Var::from_tensor(x)?, Var::from_tensor(w)?);
+        let y = f(xv.as_tensor(), wv.as_tensor())?;
+        let r = random(y.dims4()?, seed).to_dtype(y.dtype())?;
+        let grads = (y * r)?.sum_all()?.backward()?;
+        Ok((
+            to_f64(grads.get(xv.as_tensor()).expect("input gradient")),
+            to_f64(grads.get(wv.as_tensor()).expect("weight gradient")),
+        ))
+    }
+
+    /// Against the direct loop always, and against candle's autograd where it runs: its
+    /// conv2d backward fails when the two axes need different output padding in its
+    /// transposed convolution (stride 2 over a 10 × 9 padded input, say).
+    #[test]
+    fn gradients_match_candle_autograd_and_the_direct_loop() -> Result<()> {
+        let mut candle_checked = 0;
+        for (i, case) in CONV_CASES.iter().enumerate() {
+            let (x, w, p) = conv_setup(case, 70 + i as u64);
+            let g = conv2d_geom(x.dims4()?, w.dims4()?, p)?;
+            let (dx, dw) = grads_of(&|x, w| conv2d(x, w, p), &x, &w, 5)?;
+            let t = tol(g.cout * g.taps() + g.b * g.p_out());
+            let r = to_f64(&random((g.b, g.cout, g.oh, g.ow), 5));
+            let (x64, w64) = (to_f64(&x), to_f64(&w));
+            assert_close(&dx, &direct_data(&g, &r, &w64), t, &format!("{case:?} dx"));
+            assert_close(
+                &dw,
+                &direct_weight(&g, &x64, &r),
+                t,
+                &format!("{case:?} dw"),
+            );
+            let (x64, w64) = (x.to_dtype(DType::F64)?, w.to_dtype(DType::F64)?);
+            if let Ok((rdx, rdw)) = grads_of(&|x, w| conv2d_candle(x, w, p), &x64, &w64, 5) {
+                assert_close(&dx, &rdx, t, &format!("{case:?} dx vs candle"));
+                assert_close(&dw, &rdw, t, &format!("{case:?} dw vs candle"));
+                candle_checked += 1;
+            }
+        }
+        assert!(
+            candle_checked >= CONV_CASES.len() - 3,
+            "candle ran {candle_checked} cases"
+        );
+        for (i, case) in CONVT_CASES.iter().enumerate() {
+            let (x, w, p) = convt_setup(case, 90 + i as u64);
+            let g = conv_transpose2d_geom(x.dims4()?, w.dims4()?, p)?;
+            let (dx, dw) = grads_of(&|x, w| conv_transpose2d(x, w, p), &x, &w, 6)?;
+            let t = tol(g.k() + g.b * g.p_in());
+            let r = to_f64(&random((g.b, g.cin, g.h, g.w), 6));
+            let (x64, w64) = (to_f64(&x), to_f64(&w));
+            assert_close(&dx, &direct_fwd(&g, &r, &w64), t, &format!("{case:?} dx"));
+            assert_close(
+                &dw,
+                &direct_weight(&g, &r, &x64),
+                t,
+                &format!("{case:?} dw"),
+            );
+            let (x64, w64) = (x.to_dtype(DType::F64)?, w.to_dtype(DType::F64)?);
+            let (rdx, rdw) = grads_of(&|x, w| conv_transpose2d_candle(x, w, p), &x64, &w64, 6)?;
+            assert_close(&dx, &rdx, t, &format!("{case:?} dx vs candle"));
+            assert_close(&dw, &rdw, t, &format!("{case:?} dw vs candle"));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn backward_products_match_the_direct_loop_for_unequal_strides() -> Result<()> {
+        for (i, case) in UNEQUAL_STRIDES.iter().enumerate() {
+            let (x, w, p) = conv_setup(case, 110 + i as u64);
+            let g = conv2d_geom(x.dims4()?, w.dims4()?, p)?;
+            let (dx, dw) = grads_of(&|x, w| conv2d(x, w, p), &x, &w, 7)?;
+            let r = to_f64(&random((g.b, g.cout, g.oh, g.ow), 7));
+            let (x64, w64) = (to_f64(&x), to_f64(&w));
+            assert_close(
+                &dx,
+                &direct_data(&g, &r, &w64),
+                tol(g.k()),
+                &format!("{case:?} dx"),
+            );
+            assert_close(
+                &dw,
+                &direct_weight(&g, &x64, &r),
+                tol(g.b * g.p_out()),
+                &format!("{case:?} dw"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Central differences of `L = Σ f(x, w) · r`, computed in f64 from the f32 outputs.
+    /// `L` is linear in each argument, so the difference quotient is exact for any step and
+    /// a large one keeps f32 rounding out of it: what remains checks the backward's index
+    /// arithmetic (the reference comparisons above share candle's).
+    fn check_finite_differences(
+        f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
+        x: &Tensor,
+        w: &Tensor,
+        what: &str,
+    ) -> Result<()> {
+        let (dx, dw) = grads_of(f, x, w, 3)?;
+        let r = to_f64(&random(f(x, w)?.dims4()?, 3));
+        let loss = |x: &Tensor, w: &Tensor| -> Result<f64> {
+            Ok(to_f64(&f(x, w)?).iter().zip(&r).map(|(a, b)| a * b).sum())
+        };
+        let step = 0.5f32;
+        for (arg, grad, name) in [(0, &dx, "x"), (1, &dw, "w")] {
+            let base = if arg == 0 { x } else { w };
+            let vals = base.flatten_all()?.to_vec1::<f32>()?;
+            let n = vals.len();
+            // Ends, middle and a spread in between: padding borders and interiors.
+            let mut picks: Vec<usize> = (0..12).map(|i| i * (n - 1) / 11).collect();
+            picks.push(n / 2 + 1);
+            picks.dedup();
+            for idx in picks.into_iter().filter(|&i| i < n) {
+                let shifted = |d: f32| -> Result<Tensor> {
+                    let mut v = vals.clone();
+                    v[idx] += d;
+                    Tensor::from_vec(v, base.shape(), &Device::Cpu)
+                };
+                let (plus, minus) = (shifted(step)?, shifted(-step)?);
+                let (lp, lm) = if arg == 0 {
+                    (loss(&plus, w)?, loss(&minus, w)?)
+                } else {
+                    (loss(x, &plus)?, loss(x, &minus)?)
+                };
+                let fd = (lp - lm) / (2.0 * step as f64);
+                assert!(
+                    (fd - grad[idx]).abs() <= 1e-4 * (1.0 + fd.abs()),
+                    "{what}: d/d{name}[{idx}] analytic {} vs finite difference {fd}",
+                    grad[idx]
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let small_conv: &[ConvCase] = &[
+            (2, 3, 4, 7, 9, 3, 3, (2, 2), [0, 1, 0, 1]),
+            (1, 2, 18, 6, 7, 3, 3, (1, 1), [1, 1, 1, 1]),
+            (2, 2, 16, 5, 8, 1, 7, (1, 1), [0, 0, 3, 3]),
+            (1, 3, 2, 8, 5, 7, 1, (1, 1), [3, 3, 0, 0]),
+            (2, 4, 3, 9, 7, 4, 3, (1, 2), [1, 2, 0, 1]),
+        ];
+        for (i, case) in small_conv.iter().enumerate() {
+            let (x, w, p) = conv_setup(case, 130 + i as u64);
+            check_finite_differences(&|x, w| conv2d(x, w, p), &x, &w, &format!("{case:?}"))?;
+        }
+        let small_convt: &[ConvTCase] = &[
+            (2, 3, 4, 4, 5, 3, 2, 1, 1),
+            (1, 4, 17, 3, 4, 4, 2, 1, 0),
+            (1, 18, 3, 5, 4, 3, 1, 1, 0),
+        ];
+        for (i, case) in small_convt.iter().enumerate() {
+            let (x, w, p) = convt_setup(case, 150 + i as u64);
+            check_finite_differences(
+                &|x, w| conv_transpose2d(x, w, p),
+                &x,
+                &w,
+                &format!("{case:?}"),
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn arguments_without_a_gradient_get_none() -> Result<()> {
+        type F = dyn Fn(&Tensor, &Tensor) -> Result<Tensor>;
+        let cp = Conv2dParams {
+            stride: (2, 2),
+            padding: [0, 1, 0, 1],
+        };
+        let tp = ConvTranspose2dParams {
+            stride: 2,
+            padding: 1,
+            output_padding: 1,
+        };
+        let ops: [(
+            &F,
+            &F,
+            (usize, usize, usize, usize),
+            (usize, usize, usize, usize),
+        ); 2] = [
+            (
+                &move |x, w| conv2d(x, w, cp),
+                &move |x, w| conv2d_candle(x, w, cp),
+                (2, 5, 9, 9),
+                (20, 5, 3, 3),
+            ),
+            (
+                &move |x, w| conv_transpose2d(x, w, tp),
+                &move |x, w| conv_transpose2d_candle(x, w, tp),
+                (2, 5, 5, 4),
+                (5, 20, 3, 3),
+            ),
+        ];
+        for (i, (ours, candle, xs, ws)) in ops.into_iter().enumerate() {
+            let (x, w) = (random(xs, 170 + i as u64), random(ws, 180 + i as u64));
+            let (rdx, rdw) = grads_of(
+                candle,
+                &x.to_dtype(DType::F64)?,
+                &w.to_dtype(DType::F64)?,
+                9,
+            )?;
+            // A frozen kernel: the input gradient only.
+            let xv = Var::from_tensor(&x)?;
+            let y = ours(xv.as_tensor(), &w)?;
+            let r = random(y.dims4()?, 9);
+            let grads = (&y * &r)?.sum_all()?.backward()?;
+            assert!(
+                grads.get(&w).is_none(),
+                "op {i}: a gradient for the frozen kernel"
+            );
+            let dx = to_f64(grads.get(xv.as_tensor()).expect("input gradient"));
+            assert_close(&dx, &rdx, 1e-5, &format!("op {i} dx"));
+            // Data without a gradient: the kernel gradient only.
+            let wv = Var::from_tensor(&w)?;
+            let y = ours(&x, wv.as_tensor())?;
+            let grads = (&y * &r)?.sum_all()?.backward()?;
+            assert!(grads.get(&x).is_none(), "op {i}: a gradient for the data");
+            let dw = to_f64(grads.get(wv.as_tensor()).expect("kernel gradient"));
+            assert_close(&dw, &rdw, 1e-5, &format!("op {i} dw"));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn strided_inputs_give_the_contiguous_result() -> Result<()> {
+        // A (B, C, W, H) tensor transposed to (B, C, H, W), and a kernel likewise.
+        let x = random((2, 5, 9, 7), 190).transpose(2, 3)?;
+        let w = random((16, 5, 3, 3), 191).transpose(2, 3)?;
+        assert!(!x.is_contiguous() && !w.is_contiguous());
+        let p = Conv2dParams::same(3);
+        let got = to_f64(&conv2d(&x, &w, p)?);
+        let want = to_f64(&conv2d(&x.contiguous()?, &w.contiguous()?, p)?);
+        assert_eq!(got, want);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let x = random((1, 3, 5, 5), 1);
+        assert!(conv2d(&x, &random((4, 2, 3, 3), 2), Conv2dParams::same(3)).is_err());
+        assert!(conv2d(&x, &random((4, 3, 7, 3), 2), Conv2dParams::new(1, 0)).is_err());
+        assert!(conv2d(&x, &random((4, 3, 3, 3), 2), Conv2dParams::new(0, 1)).is_err());
+        let tp = ConvTranspose2dParams {
+            stride: 1,
+            padding: 4,
+            output_padding: 0,
+        };
+        assert!(conv_transpose2d(&x, &random((3, 2, 3, 3), 2), tp).is_err());
+        assert!(
+            conv_transpose2d(
+                &x,
+                &random((2, 2, 3, 3), 2),
+                ConvTranspose2dParams { padding: 0, ..tp }
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn params_constructors() {
+        assert_eq!(
+            Conv2dParams::same(5),
+            Conv2dParams {
+                stride: (1, 1),
+                padding: [2; 4]
+            }
+        );
+        assert_eq!(
+            Conv2dParams::new(2, 1),
+            Conv2dParams {
+                stride: (2, 2),
+                padding: [1; 4]
+            }
+        );
+    }
+
+    #[test]
+    fn transposes_of_ragged_shapes() {
+        for rows in [1, 5, 16, 17, 33, 48] {
+            for cols in [1, 3, 16, 31, 64] {
+                let src = values(rows * cols, (rows * 64 + cols) as u64);
+                let mut dst = vec![f32::NAN; rows * cols];
+                transpose(&src, rows, cols, &mut dst);
+                for i in 0..rows {
+                    for j in 0..cols {
+                        assert_eq!(
+                            dst[j * rows + i],
+                            src[i * cols + j],
+                            "{rows}x{cols} [{i}][{j}]"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The kernel (AVX-512 where present, and the portable one) against a naive product,
+    /// for every tile shape, masked widths, row strides wider than `kc` and accumulation
+    /// over a NaN-free but nonzero `c`; columns past `n` must stay untouched.
+    #[test]
+    fn kernel_matches_the_naive_product() {
+        for m in [1, 5, 6, 7, 13] {
+            for n in [1usize, 3, 16, 17, 40, 64] {
+                for kc in [0, 1, 9, 130] {
+                    for acc in [false, true] {
+                        let wpad = n.next_multiple_of(16);
+                        let a_rs = kc + 3;
+                        let a = values(m * a_rs, (m * 100 + n * 7 + kc) as u64);
+                        let b = values(kc.max(1) * wpad, (m + n * 11 + kc * 5) as u64);
+                        let c_rs = n + 5;
+                        let init = values(m * c_rs, 99);
+                        let mut want = init.clone();
+                        for i in 0..m {
+                            for j in 0..n {
+                                let s: f64 = (0..kc)
+                                    .map(|p| a[i * a_rs + p] as f64 * b[p * wpad + j] as f64)
+                                    .sum();
+                                let old = if acc { init[i * c_rs + j] as f64 } else { 0.0 };
+                                want[i * c_rs + j] = (old + s) as f32;
+                            }
+                        }
+                        for portable in [false, true] {
+                            let mut c = init.clone();
+                            let gm = Gemm {
+                                m,
+                                n,
+                                kc,
+                                a: Lhs::Strided(&a, a_rs),
+                                b: Rhs::Packed(&b, wpad),
+                                c: c.as_mut_ptr(),
+                                c_rs,
+                                acc,
+                            };
+                            // SAFETY: c holds m rows of c_rs ≥ n floats.
+                            unsafe {
+                                if portable {
+                                    gemm_portable(&gm)
+                                } else {
+                                    gemm_panel(&gm)
+                                }
+                            };
+                            for (idx, (g, e)) in c.iter().zip(&want).enumerate() {
+                                assert!(
+                                    (g - e).abs() <= 1e-5 * (1.0 + kc as f32).sqrt(),
+                                    "m={m} n={n} kc={kc} acc={acc} portable={portable} [{idx}]: {g} vs {e}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod kernel_speed {
+    use super::*;
+
+    /// Not a check: prints the kernel's single-thread throughput with everything in
+    /// cache, the ceiling the convolutions are measured against.
+    /// `cargo test --release -p oneiro-tensor-ops kernel_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn kernel_throughput() {
+        let (m, kc) = (96, 128);
+        let a = vec![0.5f32; m * kc];
+        let b = vec![0.25f32; kc * 64];
+        let mut c = vec![0.0f32; m * 64];
+        let reps = 20000;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            // SAFETY: c holds m rows of 64 floats.
+            unsafe {
+                gemm_panel(&Gemm {
+                    m,
+                    n: 64,
+                    kc,
+                    a: Lhs::Strided(&a, kc),
+                    b: Rhs::Packed(&b, 64),
+                    c: c.as_mut_ptr(),
+                    c_rs: 64,
+                    acc: true,
+                })
+            };
+        }
+        let s = t.elapsed().as_secs_f64();
+        let flops = 2.0 * (m * kc * 64) as f64 * reps as f64;
+        println!(
+            "kernel: {:.1} GFLOP/s on one thread ({})",
+            flops / s / 1e9,
+            c[0]
+        );
+        // Shifted windows: unaligned rows one float apart, as for the taps of one row.
+        let plane = vec![0.25f32; 4096];
+        for (name, offs) in [
+            (
+                "shifted by 1",
+                (0..kc).map(|p| (p % 3) + (p / 3) * 16).collect::<Vec<_>>(),
+            ),
+            ("aligned 64", (0..kc).map(|p| p * 64 % 2048).collect()),
+        ] {
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                // SAFETY: c holds m rows of 64 floats.
+                unsafe {
+                    gemm_panel(&Gemm {
+                        m,
+                        n: 64,
+                        kc,
+                        a: Lhs::Strided(&a, kc),
+                        b: Rhs::Shifted(&plane, &offs),
+                        c: c.as_mut_ptr(),
+                        c_rs: 64,
+                        acc: true,
+                    })
+                };
+            }
+            let s = t.elapsed().as_secs_f64();
+            println!("kernel {name}: {:.1} GFLOP/s", flops / s / 1e9);
+        }
+    }
+}
+
+#[cfg(test)]
+mod stage_speed {
+    use super::*;
+
+    fn min_ms(mut f: impl FnMut()) -> f64 {
+        (0..201)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// Not a check: best-of times of the three products for one convolution, from
+    /// `STAGE="b cin cout h w k stride pad"` (default the VAE's 64→64 layer); with
+    /// `STAGE_LOOP=fwd|data|weight`, that product alone in a loop, for a profiler.
+    #[test]
+    #[ignore]
+    fn stages() {
+        let spec = std::env::var("STAGE").unwrap_or_else(|_| "16 64 64 14 14 3 1 1".into());
+        let v: Vec<usize> = spec
+            .split_whitespace()
+            .map(|t| t.parse().unwrap())
+            .collect();
+        let g = conv2d_geom(
+            (v[0], v[1], v[3], v[4]),
+            (v[2], v[1], v[5], v[5]),
+            Conv2dParams::new(v[6], v[7]),
+        )
+        .unwrap();
+        let x = vec![0.5f32; g.b * g.cin * g.p_in()];
+        let w = vec![0.25f32; g.cout * g.k()];
+        let dy = vec![0.5f32; g.b * g.cout * g.p_out()];
+        if let Ok(op) = std::env::var("STAGE_LOOP") {
+            for _ in 0..2000 {
+                match op.as_str() {
+                    "fwd" => drop(fwd(&g, &x, &w)),
+                    "data" => drop(bwd_data(&g, &dy, &w)),
+                    _ => drop(bwd_weight(&g, &x, &dy)),
+                }
+            }
+            return;
+        }
+        println!("{g:?}, threads {}", rayon::current_num_threads());
+        println!("fwd {:.3} ms", min_ms(|| drop(fwd(&g, &x, &w))));
+        println!("bwd data {:.3} ms", min_ms(|| drop(bwd_data(&g, &dy, &w))));
+        println!(
+            "bwd weight {:.3} ms",
+            min_ms(|| drop(bwd_weight(&g, &x, &dy)))
+        );
+    }
+}
