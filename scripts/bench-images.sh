@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Times Oneiro's image-model training steps (vae-train, gan-train) and the PyTorch and
+# Keras peers in one run, on this machine, with the same thread count, and prints each
+# with its ratio to the faster peer. Each program runs REPS times (default 3),
+# interleaved; its best run counts.
+#
+#   scripts/bench-images.sh [THREADS] [PEERS_DIR]
+#
+# Needs the peers' virtualenv at /tmp/peers (see BENCHMARKS.md). gan-train is slow on a
+# CPU (seconds per step): GAN_STEPS (default 5) sets the timed steps of every program.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+threads=${1:-2}
+peers=${2:-../shared/peers}
+py=/tmp/peers/bin/python
+cargo build --release -q -p oneiro-client --bin oneiro
+oneiro=target/release/oneiro
+export TF_CPP_MIN_LOG_LEVEL=3
+reps=${REPS:-3}
+gan_steps=${GAN_STEPS:-5}
+run() { "$@" 2>/dev/null | tail -n 1; }
+log=$(mktemp)
+for _ in $(seq "$reps"); do
+  for w in vae-train gan-train; do
+    steps=""
+    [ "$w" = gan-train ] && steps="--steps $gan_steps"
+    run $oneiro bench $w --threads "$threads" --device cpu $steps | sed "s/^/ours-$w /" >>"$log"
+    run $py "$peers/torch_peer.py" $w --threads "$threads" $steps | sed "s/^/torch-$w /" >>"$log"
+    run $py "$peers/keras_peer.py" $w --threads "$threads" $steps | sed "s/^/keras-$w /" >>"$log" || true
+  done
+done
+cat "$log"
+python3 - "$log" <<'PY'
+import json, sys
+runs = {}
+for line in open(sys.argv[1]):
+    tag, js = line.split(" ", 1)
+    try:
+        runs.setdefault(tag, []).append(json.loads(js))
+    except json.JSONDecodeError:
+        pass
+for w, key, unit in (("vae-train", "images_per_s", "images/s"), ("gan-train", "steps_per_s", "steps/s")):
+    best = {p: max(r[key] for r in runs[f"{p}-{w}"]) for p in ("ours", "torch", "keras") if f"{p}-{w}" in runs}
+    peer = max(v for p, v in best.items() if p != "ours")
+    parts = " | ".join(f"{p} {v:.3g} {unit}" for p, v in best.items())
+    print(f"{w:10} {parts} | ours / faster peer x{best['ours'] / peer:.2f}")
+PY
+rm -f "$log"
