@@ -490,6 +490,13 @@ async fn follow(
             Some(Event::Checkpoint(c)) => {
                 tracing::info!(checkpoint = %c.checkpoint, step = c.step, "checkpoint written")
             }
+            Some(Event::Finished(f)) if f.epochs_trained == 0 => {
+                // A GAN job counts steps, reported by its progress events.
+                println!(
+                    "done: final adversarial loss {:.4} ({:.1}s)",
+                    f.final_loss, f.seconds
+                );
+            }
             Some(Event::Finished(f)) => {
                 println!(
                     "done: {} epochs trained, final loss {:.4} ({:.1}s)",

@@ -13,20 +13,27 @@
 //!   stable Rust;
 //! - padding is symmetric only, so a "same" 2×2-stride layer needs a separate pad op.
 //!
-//! Here every convolution is one of three matrix products, each run by an AVX-512
-//! register-tiled kernel on panels packed for it, the im2col being built in small blocks
-//! that stay in cache instead of materialised whole:
+//! Here a convolution and its two gradients are matrix products run by one AVX-512
+//! register-tiled kernel (6 rows × 64 columns of accumulators; a portable loop without
+//! AVX-512), fed without materialising an im2col:
 //!
-//! - forward, `y = W · col(x)`;
-//! - data gradient, `dx = col2im(Wᵀ · dy)` (also the transposed convolution's forward);
-//! - weight gradient, `dW = dy · col(x)ᵀ` (summed over the batch).
+//! - with few input or output channels (≤ 64 in, or < 16 out: the VAE, the first and last
+//!   layers of a GAN), output pixels are the vector lanes and the kernel reads the im2col
+//!   rows in place as shifted windows of zero-padded input planes (one plane per stride
+//!   phase), computing a few thrown-away columns of padding width instead of copying;
+//! - with many of both, output channels are the lanes, activations are reordered to
+//!   channels-last, and the kernel reads each output pixel's im2col row in place as a run
+//!   of its input pixel's channels, one tap at a time;
+//! - the data gradient at stride 1 is the forward of `dy` with the flipped kernel; at
+//!   larger strides it is `Wᵀ · dy` scattered back (col2im) into channels-last `dx`, which
+//!   is also the transposed convolution's forward;
+//! - the weight gradient is `dy · col(x)ᵀ` summed over the batch, `col(x)ᵀ` copied a
+//!   cache-sized panel at a time from channels-last `x`; with few output channels it is
+//!   dot products of `dy` with the shifted windows instead.
 //!
-//! Activations are reordered to channels-last (NHWC) inside the kernels: a column of the
-//! im2col (one tap of one output pixel) is then a run of contiguous channels whatever the
-//! stride, so building and scattering columns are vector copies instead of gathers.
-//! The backward skips the gradient of an argument that does not track one
-//! ([`Tensor::track_op`]): a frozen network backpropagates to its input only, and a first
-//! layer computes no gradient for the data.
+//! The backward computes only the gradients asked for: one for an argument that does not
+//! track one ([`Tensor::track_op`]) is skipped, so a frozen network backpropagates to its
+//! input only, and a first layer computes no gradient for the data.
 //!
 //! On other devices and dtypes the functions fall back to candle's own ops.
 
@@ -435,9 +442,9 @@ const NR: usize = 64;
 /// Depth per kernel call: a `KC × 64` panel slice (32 KiB) stays in the 48 KiB L1d while
 /// the row tiles stream past it.
 const KC: usize = 128;
-/// Output pixels per work item of the forward and data-gradient products: the im2col
-/// block (`PB × KC`) and the output block stay in L2, and a 28×28 image still splits into
-/// a few items for the threads.
+/// Output pixels per work item of the channels-last forward and of the scatter: the
+/// item's input rows and output block stay in L2, and a 28×28 image still splits into a
+/// few items for the threads.
 const PB: usize = 96;
 /// Output pixels per work item of the weight gradient, times its output channels: the
 /// item's slice of `dy` (and the input rows it reads) stays in L2 while every panel of
@@ -473,9 +480,7 @@ fn scratch(len: usize) -> Scratch {
     let mut v = SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default();
     // Only elements past the old length are written; the rest keep stale values.
     v.resize(len, 0.0);
-    // `CONV_NO_POISON` lets the timing tests measure the real thing.
-    static POISON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if cfg!(test) && *POISON.get_or_init(|| std::env::var_os("CONV_NO_POISON").is_none()) {
+    if cfg!(test) {
         v.fill(f32::NAN);
     }
     Scratch(v)
@@ -960,25 +965,6 @@ fn fwd_channels_last(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
     items.into_par_iter().for_each(|(b, p0, np)| {
         let xt_b = &xt[b * g.p_in() * cin..][..g.p_in() * cin];
         let mut out = scratch(np * cout);
-        let mut product = |a: Lhs, k0: usize, kc: usize| {
-            for j in 0..wp.panels() {
-                let pn = wp.panel(j);
-                // SAFETY: `out` holds np rows of cout floats, columns j0 .. j0 + n ≤ cout
-                // written; the panel holds k ≥ k0 + kc rows.
-                unsafe {
-                    gemm_panel(&Gemm {
-                        m: np,
-                        n: pn.n,
-                        kc,
-                        a,
-                        b: Rhs::Packed(&pn.data[k0 * pn.wpad..], pn.wpad),
-                        c: out.as_mut_ptr().add(pn.j0),
-                        c_rs: cout,
-                        acc: k0 > 0,
-                    })
-                };
-            }
-        };
         // Input pixel of every (tap, output pixel) of the block.
         let mut src = vec![None; taps * np];
         for (r, (oy, ox)) in g.pixels(p0).take(np).enumerate() {
@@ -988,14 +974,30 @@ fn fwd_channels_last(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
         }
         let mut rows: Vec<&[f32]> = Vec::with_capacity(np);
         for t in 0..taps {
-            for ci0 in (0..cin).step_by(64) {
-                let kc = 64.min(cin - ci0);
+            for ci0 in (0..cin).step_by(KC) {
+                let (k0, kc) = (t * cin + ci0, KC.min(cin - ci0));
                 rows.clear();
                 rows.extend(src[t * np..][..np].iter().map(|s| match s {
                     Some(q) => &xt_b[q * cin + ci0..][..kc],
                     None => &ZEROS[..kc],
                 }));
-                product(Lhs::Rows(&rows), t * cin + ci0, kc);
+                for j in 0..wp.panels() {
+                    let pn = wp.panel(j);
+                    // SAFETY: `out` holds np rows of cout floats, columns j0 .. j0 + n ≤
+                    // cout written.
+                    unsafe {
+                        gemm_panel(&Gemm {
+                            m: np,
+                            n: pn.n,
+                            kc,
+                            a: Lhs::Rows(&rows),
+                            b: Rhs::Packed(&pn.data[k0 * pn.wpad..], pn.wpad),
+                            c: out.as_mut_ptr().add(pn.j0),
+                            c_rs: cout,
+                            acc: k0 > 0,
+                        })
+                    };
+                }
             }
         }
         let base = b * cout * p_out + p0;
@@ -1177,7 +1179,10 @@ fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     if dw.is_empty() || g.b * p_out == 0 {
         return dw;
     }
-    if cout < 16 {
+    // A handful of output channels would waste most lanes of the product, and a single
+    // input channel makes its channels-last im2col a copy per float (measured: the dot
+    // products win there, and lose at three input channels).
+    if cout < 16 || cin == 1 {
         bwd_weight_shifted(g, x, dy, &mut dw);
         return dw;
     }
@@ -1254,11 +1259,10 @@ fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     dw
 }
 
-/// The weight gradient for few output channels at stride 1: `dW[co, k] = Σ_q dy[co, q] ·
+/// The weight gradient for few output (or input) channels: `dW[co, k] = Σ_q dy[co, q] ·
 /// col[k, q]` as dot products over output pixels (in the vector lanes), `col` read in
 /// place from [`Planes`] and `dy` spread to the planes' width with zeros in the extra
-/// columns. (The product form would waste most lanes on a handful of output channels,
-/// or build the whole im2col for every output channel to touch once.)
+/// columns.
 fn bwd_weight_shifted(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (k, cout, p_out) = (g.k(), g.cout, g.p_out());
     let planes = Planes::new(g, x);
@@ -1332,6 +1336,21 @@ mod dots {
             unsafe { avx512::run(a, a_rs, m, len, base, offs, k, acc) };
             return;
         }
+        portable(a, a_rs, m, len, base, offs, k, acc);
+    }
+
+    /// [`run`] in plain Rust, for CPUs without AVX-512.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn portable(
+        a: &[f32],
+        a_rs: usize,
+        m: usize,
+        len: usize,
+        base: &[f32],
+        offs: &[usize],
+        k: usize,
+        acc: &mut [f32],
+    ) {
         for r in 0..m {
             let row = &a[r * a_rs..][..len];
             for j in 0..k {
@@ -1858,10 +1877,13 @@ mod tests {
     }
 
     /// `(b, cin, cout, h, w, kh, kw, stride, padding)`: odd sizes, both strides, paddings 0
-    /// to 3 (asymmetric too), 1×7 / 7×1 kernels; output channels below 16 (pixels in the
-    /// lanes) and above, several panels and k-blocks, data gradients by gather (stride 1)
-    /// and scatter (channel-block items at 128 channels), a weight gradient in several
-    /// items per image.
+    /// to 3 (asymmetric too), 1×7 / 7×1 kernels. Between them they take every path: the
+    /// shifted-planes forward (few input or output channels, stride 1 and 2) and the
+    /// channels-last one (128 input channels, and the 70-channel gather below); several
+    /// panels, masked panel tails and k-blocks; data gradients by gather (stride 1) and
+    /// scatter (whole images, and channel-block items at 128 channels); weight gradients by
+    /// dot products (few output channels, one input channel) and by product, one with
+    /// several items per image.
     type ConvCase = (
         usize,
         usize,
@@ -2178,6 +2200,7 @@ mod tests {
     #[test]
     fn arguments_without_a_gradient_get_none() -> Result<()> {
         type F = dyn Fn(&Tensor, &Tensor) -> Result<Tensor>;
+        type Dims = (usize, usize, usize, usize);
         let cp = Conv2dParams {
             stride: (2, 2),
             padding: [0, 1, 0, 1],
@@ -2187,12 +2210,8 @@ mod tests {
             padding: 1,
             output_padding: 1,
         };
-        let ops: [(
-            &F,
-            &F,
-            (usize, usize, usize, usize),
-            (usize, usize, usize, usize),
-        ); 2] = [
+        // (ours, candle's, input shape, kernel shape)
+        let ops: [(&F, &F, Dims, Dims); 2] = [
             (
                 &move |x, w| conv2d(x, w, cp),
                 &move |x, w| conv2d_candle(x, w, cp),
@@ -2309,6 +2328,48 @@ mod tests {
         }
     }
 
+    /// The dot-product kernel of the few-output-channel weight gradient (AVX-512 where
+    /// present, and the portable one) against f64 sums, for every row count up to a
+    /// few tiles and window counts around its tile widths.
+    #[test]
+    fn dot_kernel_matches_f64_sums() {
+        let len = 48;
+        let base = values(600, 5);
+        for m in 1..=9 {
+            for k in [1, 5, 8, 13, 24, 25, 50] {
+                let a_rs = len + 7;
+                let a = values(m * a_rs, (m * 31 + k) as u64);
+                let mut offs: Vec<usize> = (0..k).map(|j| (j * 37) % (600 - len)).collect();
+                offs.resize(k.next_multiple_of(dots::J_MAX), 0);
+                let init = values(m * k, 77);
+                let want: Vec<f64> = (0..m * k)
+                    .map(|i| {
+                        let (r, j) = (i / k, i % k);
+                        init[i] as f64
+                            + (0..len)
+                                .map(|q| a[r * a_rs + q] as f64 * base[offs[j] + q] as f64)
+                                .sum::<f64>()
+                    })
+                    .collect();
+                for portable in [false, true] {
+                    let mut acc = init.clone();
+                    if portable {
+                        dots::portable(&a, a_rs, m, len, &base, &offs, k, &mut acc);
+                    } else {
+                        dots::run(&a, a_rs, m, len, &base, &offs, k, &mut acc);
+                    }
+                    let got: Vec<f64> = acc.iter().map(|&v| v as f64).collect();
+                    assert_close(
+                        &got,
+                        &want,
+                        1e-5,
+                        &format!("m={m} k={k} portable={portable}"),
+                    );
+                }
+            }
+        }
+    }
+
     /// The kernel (AVX-512 where present, and the portable one) against a naive product,
     /// for every tile shape, masked widths, row strides wider than `kc` and accumulation
     /// over a NaN-free but nonzero `c`; columns past `n` must stay untouched.
@@ -2365,128 +2426,5 @@ mod tests {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod kernel_speed {
-    use super::*;
-
-    /// Not a check: prints the kernel's single-thread throughput with everything in
-    /// cache, the ceiling the convolutions are measured against.
-    /// `cargo test --release -p oneiro-tensor-ops kernel_speed -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn kernel_throughput() {
-        let (m, kc) = (96, 128);
-        let a = vec![0.5f32; m * kc];
-        let b = vec![0.25f32; kc * 64];
-        let mut c = vec![0.0f32; m * 64];
-        let reps = 20000;
-        let t = std::time::Instant::now();
-        for _ in 0..reps {
-            // SAFETY: c holds m rows of 64 floats.
-            unsafe {
-                gemm_panel(&Gemm {
-                    m,
-                    n: 64,
-                    kc,
-                    a: Lhs::Strided(&a, kc),
-                    b: Rhs::Packed(&b, 64),
-                    c: c.as_mut_ptr(),
-                    c_rs: 64,
-                    acc: true,
-                })
-            };
-        }
-        let s = t.elapsed().as_secs_f64();
-        let flops = 2.0 * (m * kc * 64) as f64 * reps as f64;
-        println!(
-            "kernel: {:.1} GFLOP/s on one thread ({})",
-            flops / s / 1e9,
-            c[0]
-        );
-        // Shifted windows: unaligned rows one float apart, as for the taps of one row.
-        let plane = vec![0.25f32; 4096];
-        for (name, offs) in [
-            (
-                "shifted by 1",
-                (0..kc).map(|p| (p % 3) + (p / 3) * 16).collect::<Vec<_>>(),
-            ),
-            ("aligned 64", (0..kc).map(|p| p * 64 % 2048).collect()),
-        ] {
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                // SAFETY: c holds m rows of 64 floats.
-                unsafe {
-                    gemm_panel(&Gemm {
-                        m,
-                        n: 64,
-                        kc,
-                        a: Lhs::Strided(&a, kc),
-                        b: Rhs::Shifted(&plane, &offs),
-                        c: c.as_mut_ptr(),
-                        c_rs: 64,
-                        acc: true,
-                    })
-                };
-            }
-            let s = t.elapsed().as_secs_f64();
-            println!("kernel {name}: {:.1} GFLOP/s", flops / s / 1e9);
-        }
-    }
-}
-
-#[cfg(test)]
-mod stage_speed {
-    use super::*;
-
-    fn min_ms(mut f: impl FnMut()) -> f64 {
-        (0..201)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                f();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .fold(f64::INFINITY, f64::min)
-    }
-
-    /// Not a check: best-of times of the three products for one convolution, from
-    /// `STAGE="b cin cout h w k stride pad"` (default the VAE's 64→64 layer); with
-    /// `STAGE_LOOP=fwd|data|weight`, that product alone in a loop, for a profiler.
-    #[test]
-    #[ignore]
-    fn stages() {
-        let spec = std::env::var("STAGE").unwrap_or_else(|_| "16 64 64 14 14 3 1 1".into());
-        let v: Vec<usize> = spec
-            .split_whitespace()
-            .map(|t| t.parse().unwrap())
-            .collect();
-        let g = conv2d_geom(
-            (v[0], v[1], v[3], v[4]),
-            (v[2], v[1], v[5], v[5]),
-            Conv2dParams::new(v[6], v[7]),
-        )
-        .unwrap();
-        let x = vec![0.5f32; g.b * g.cin * g.p_in()];
-        let w = vec![0.25f32; g.cout * g.k()];
-        let dy = vec![0.5f32; g.b * g.cout * g.p_out()];
-        if let Ok(op) = std::env::var("STAGE_LOOP") {
-            for _ in 0..2000 {
-                match op.as_str() {
-                    "fwd" => drop(fwd(&g, &x, &w)),
-                    "data" => drop(bwd_data(&g, &dy, &w)),
-                    _ => drop(bwd_weight(&g, &x, &dy)),
-                }
-            }
-            return;
-        }
-        println!("{g:?}, threads {}", rayon::current_num_threads());
-        println!("fwd {:.3} ms", min_ms(|| drop(fwd(&g, &x, &w))));
-        println!("bwd data {:.3} ms", min_ms(|| drop(bwd_data(&g, &dy, &w))));
-        println!(
-            "bwd weight {:.3} ms",
-            min_ms(|| drop(bwd_weight(&g, &x, &dy)))
-        );
     }
 }
