@@ -503,7 +503,42 @@ fn ensure_model(
     }
 }
 
-/// The GAN counterpart of [`ensure_model`].
+/// Loads the model a VAE or GAN training names, checking that `requested` (the
+/// request's partial configuration) agrees with the existing one, or creates it when
+/// asked to. `config` reads the kind's configuration (an error for another kind), `merge`
+/// fills a partial configuration from a base, `new` makes the record.
+fn ensure_kind_model<C: PartialEq + Default + std::fmt::Debug, P>(
+    store: &ModelStore,
+    req: &pb::TrainRequest,
+    requested: Option<&P>,
+    config: impl Fn(&ModelRecord) -> oneiro_trainer::Result<&C>,
+    merge: impl Fn(Option<&P>, &C) -> C,
+    new: impl Fn(&str, C) -> ModelRecord,
+) -> Result<ModelRecord, ServiceError> {
+    match store.load(&req.model) {
+        Ok(record) => {
+            let existing = config(&record)?;
+            if requested.is_some() {
+                let wanted = merge(requested, existing);
+                if wanted != *existing {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "model {:?} exists with {:?}; the request asks for {:?} (delete the model or drop those settings)",
+                        req.model, existing, wanted
+                    )));
+                }
+            }
+            Ok(record)
+        }
+        Err(oneiro_trainer::Error::NotFound(_)) if req.create_if_missing => {
+            let record = new(&req.model, merge(requested, &C::default()));
+            store.create(&record)?;
+            Ok(record)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The GAN's [`ensure_kind_model`].
 fn ensure_gan_model(
     store: &ModelStore,
     req: &pb::TrainRequest,
@@ -517,72 +552,38 @@ fn ensure_gan_model(
         }
         None => None,
     };
-    match store.load(&req.model) {
-        Ok(record) => {
-            let existing = record.gan_config()?;
-            if let Some(p) = requested {
-                let wanted = convert::gan_config(Some(p), existing);
-                if wanted != *existing {
-                    return Err(ServiceError::InvalidArgument(format!(
-                        "model {:?} exists with {:?}; the request asks for {:?} (delete the model or drop those settings)",
-                        req.model, existing, wanted
-                    )));
-                }
-            }
-            Ok(record)
-        }
-        Err(oneiro_trainer::Error::NotFound(_)) if req.create_if_missing => {
-            let record = ModelRecord::new_gan(
-                &req.model,
-                convert::gan_config(requested, &Default::default()),
-            );
-            store.create(&record)?;
-            Ok(record)
-        }
-        Err(e) => Err(e.into()),
-    }
+    ensure_kind_model(
+        store,
+        req,
+        requested,
+        ModelRecord::gan_config,
+        convert::gan_config,
+        ModelRecord::new_gan,
+    )
 }
 
-/// The VAE counterpart of [`ensure_model`].
+/// The VAE's [`ensure_kind_model`].
 fn ensure_vae_model(
     store: &ModelStore,
     req: &pb::TrainRequest,
 ) -> Result<ModelRecord, ServiceError> {
     let requested = match &req.create_config {
         Some(pb::train_request::CreateConfig::Vae(c)) => Some(c),
-        Some(
-            pb::train_request::CreateConfig::CharLstm(_) | pb::train_request::CreateConfig::Gan(_),
-        ) => {
+        Some(_) => {
             return Err(ServiceError::InvalidArgument(
                 "digit data trains a VAE; the request gives another kind's configuration".into(),
             ));
         }
         None => None,
     };
-    match store.load(&req.model) {
-        Ok(record) => {
-            let existing = record.vae_config()?;
-            if let Some(p) = requested {
-                let wanted = convert::vae_config(Some(p), existing);
-                if wanted != *existing {
-                    return Err(ServiceError::InvalidArgument(format!(
-                        "model {:?} exists with {:?}; the request asks for {:?} (delete the model or drop those settings)",
-                        req.model, existing, wanted
-                    )));
-                }
-            }
-            Ok(record)
-        }
-        Err(oneiro_trainer::Error::NotFound(_)) if req.create_if_missing => {
-            let record = ModelRecord::new_vae(
-                &req.model,
-                convert::vae_config(requested, &Default::default()),
-            );
-            store.create(&record)?;
-            Ok(record)
-        }
-        Err(e) => Err(e.into()),
-    }
+    ensure_kind_model(
+        store,
+        req,
+        requested,
+        ModelRecord::vae_config,
+        convert::vae_config,
+        ModelRecord::new_vae,
+    )
 }
 
 #[tonic::async_trait]

@@ -241,7 +241,7 @@ pub fn run(runner: &VaeRunner, op: VaeOp) -> Result<VaeReply, ServiceError> {
             let (image, code_before) = match image {
                 Some(img) => {
                     let before = runner.encode(std::slice::from_ref(&img))?.remove(0);
-                    let edited = runner.apply_concept(&img, &vector, amount)?;
+                    let edited = runner.move_code(&before.0, &vector, amount)?;
                     (Some(png(&edited, SIDE)?), Some(code(before)))
                 }
                 None => (None, None),

@@ -17,7 +17,9 @@ use rand_distr::StandardNormal;
 
 use crate::cifar::ImageSet;
 use crate::events::{EventSink, TrainEvent};
-use crate::store::{GanPoint, ModelRecord, ModelStore, OptimizerRecord};
+use crate::store::{
+    GanPoint, ModelRecord, ModelStore, OptimizerRecord, optimizer_tensors, restore_optimizer,
+};
 use crate::text_train::device_name;
 use crate::{Error, Result, imageio};
 
@@ -259,23 +261,10 @@ pub fn train_gan(
     let first_step = record.steps_trained;
     if let Some(state) = saved_opt {
         for (prefix, opt, params) in [
-            ("d", &mut d_opt, model.discriminator.tensors()),
-            ("g", &mut g_opt, model.generator.tensors()),
+            ("d.", &mut d_opt, model.discriminator.tensors()),
+            ("g.", &mut g_opt, model.generator.tensors()),
         ] {
-            let velocity = params
-                .iter()
-                .map(|(k, _)| {
-                    state
-                        .get(&format!("velocity.{prefix}.{k}"))
-                        .cloned()
-                        .ok_or_else(|| {
-                            Error::Corrupt(format!(
-                                "model {name:?}: optimizer state lacks velocity.{prefix}.{k}"
-                            ))
-                        })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            opt.set_state(velocity, first_step)?;
+            restore_optimizer(&state, prefix, &params, opt, first_step, name)?;
         }
     }
     if record.seed.is_none() {
@@ -304,15 +293,8 @@ pub fn train_gan(
             epsilon: d_opt.config.epsilon,
             iterations: d_opt.iterations,
         });
-        let mut opt_tensors = Vec::new();
-        for (prefix, opt, params) in [
-            ("d", d_opt, model.discriminator.tensors()),
-            ("g", g_opt, model.generator.tensors()),
-        ] {
-            for ((k, _), v) in params.iter().zip(&opt.velocity) {
-                opt_tensors.push((format!("velocity.{prefix}.{k}"), v.clone()));
-            }
-        }
+        let mut opt_tensors = optimizer_tensors("d.", &model.discriminator.tensors(), d_opt);
+        opt_tensors.extend(optimizer_tensors("g.", &model.generator.tensors(), g_opt));
         store.save_checkpoint(record, &model.tensors(), &opt_tensors)
     };
 

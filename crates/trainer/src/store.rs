@@ -234,6 +234,46 @@ impl ModelRecord {
     }
 }
 
+/// The optimizer's accumulators as checkpoint tensors, named `velocity.{prefix}{key}` after
+/// the weights they belong to (`prefix` "" for one optimizer, "d." / "g." for the GAN's).
+pub fn optimizer_tensors(
+    prefix: &str,
+    weights: &[(String, Tensor)],
+    opt: &oneiro_tensor_ops::RmsProp,
+) -> Vec<(String, Tensor)> {
+    weights
+        .iter()
+        .zip(&opt.velocity)
+        .map(|((k, _), v)| (format!("velocity.{prefix}{k}"), v.clone()))
+        .collect()
+}
+
+/// Restores what [`optimizer_tensors`] saved into `opt`, naming any missing tensor.
+pub fn restore_optimizer(
+    state: &HashMap<String, Tensor>,
+    prefix: &str,
+    weights: &[(String, Tensor)],
+    opt: &mut oneiro_tensor_ops::RmsProp,
+    iterations: u64,
+    model: &str,
+) -> Result<()> {
+    let velocity = weights
+        .iter()
+        .map(|(k, _)| {
+            state
+                .get(&format!("velocity.{prefix}{k}"))
+                .cloned()
+                .ok_or_else(|| {
+                    Error::Corrupt(format!(
+                        "model {model:?}: optimizer state lacks velocity.{prefix}{k}"
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    opt.set_state(velocity, iterations)?;
+    Ok(())
+}
+
 /// Model names become directory names: keep them to a portable, traversal-free set.
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()

@@ -12,7 +12,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::events::{EventSink, TrainEvent};
-use crate::store::{EpochProgress, ModelRecord, ModelStore, OptimizerRecord};
+use crate::store::{
+    EpochProgress, ModelRecord, ModelStore, OptimizerRecord, optimizer_tensors, restore_optimizer,
+};
 use crate::text_data::CharCorpus;
 use crate::text_generate::{CharGenerator, validate_temperature};
 use crate::{Error, Result};
@@ -164,18 +166,14 @@ pub fn train_char_lstm(
         },
     )?;
     if let (Some(state), Some(saved)) = (saved_opt, &record.optimizer) {
-        let keys = model.tensors();
-        let velocity = keys
-            .iter()
-            .map(|(k, _)| {
-                state.get(&format!("velocity.{k}")).cloned().ok_or_else(|| {
-                    Error::Corrupt(format!(
-                        "model {name:?}: optimizer state lacks velocity.{k}"
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        opt.set_state(velocity, saved.iterations)?;
+        restore_optimizer(
+            &state,
+            "",
+            &model.tensors(),
+            &mut opt,
+            saved.iterations,
+            name,
+        )?;
     }
     if record.vocab.is_none() {
         record.vocab = Some(corpus.vocab.chars().to_vec());
@@ -228,12 +226,7 @@ pub fn train_char_lstm(
             iterations: opt.iterations,
         });
         let weights = model.tensors();
-        let opt_tensors: Vec<(String, Tensor)> = weights
-            .iter()
-            .zip(&opt.velocity)
-            .map(|((k, _), v)| (format!("velocity.{k}"), v.clone()))
-            .collect();
-        store.save_checkpoint(record, &weights, &opt_tensors)
+        store.save_checkpoint(record, &weights, &optimizer_tensors("", &weights, opt))
     };
     let best_loss = |record: &ModelRecord| record.loss_history.iter().copied().reduce(f32::min);
     let diverged = |epoch: u32, what: String, record: &ModelRecord| {

@@ -250,14 +250,19 @@ impl VaeRunner {
 
     /// `image` moved along `vector` by `amount` in latent space (from its mean code).
     pub fn apply_concept(&self, image: &[f32], vector: &[f32], amount: f32) -> Result<Vec<f32>> {
+        let (mean, _) = self.encode(&[image.to_vec()])?.remove(0);
+        self.move_code(&mean, vector, amount)
+    }
+
+    /// The image decoded at `code + amount · vector`.
+    pub fn move_code(&self, code: &[f32], vector: &[f32], amount: f32) -> Result<Vec<f32>> {
         self.check_point(vector, "the concept vector")?;
         if !amount.is_finite() {
             return Err(Error::invalid(format!(
                 "amount must be finite, got {amount}"
             )));
         }
-        let (mean, _) = self.encode(&[image.to_vec()])?.remove(0);
-        let z: Vec<f32> = mean
+        let z: Vec<f32> = code
             .iter()
             .zip(vector)
             .map(|(m, v)| m + amount * v)

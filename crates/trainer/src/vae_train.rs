@@ -15,7 +15,9 @@ use rand_distr::StandardNormal;
 
 use crate::events::{EventSink, LossParts, TrainEvent};
 use crate::mnist::{Mnist, Split};
-use crate::store::{EpochProgress, ModelRecord, ModelStore, OptimizerRecord};
+use crate::store::{
+    EpochProgress, ModelRecord, ModelStore, OptimizerRecord, optimizer_tensors, restore_optimizer,
+};
 use crate::text_train::{device_name, rng_for};
 use crate::vae_infer::VaeRunner;
 use crate::{Error, Result};
@@ -274,18 +276,14 @@ pub fn train_vae(
         },
     )?;
     if let (Some(state), Some(saved)) = (saved_opt, &record.optimizer) {
-        let velocity = model
-            .tensors()
-            .iter()
-            .map(|(k, _)| {
-                state.get(&format!("velocity.{k}")).cloned().ok_or_else(|| {
-                    Error::Corrupt(format!(
-                        "model {name:?}: optimizer state lacks velocity.{k}"
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        opt.set_state(velocity, saved.iterations)?;
+        restore_optimizer(
+            &state,
+            "",
+            &model.tensors(),
+            &mut opt,
+            saved.iterations,
+            name,
+        )?;
     }
     if record.seed.is_none() {
         record.seed = Some(seed);
@@ -332,12 +330,7 @@ pub fn train_vae(
             iterations: opt.iterations,
         });
         let weights = model.tensors();
-        let opt_tensors: Vec<(String, Tensor)> = weights
-            .iter()
-            .zip(&opt.velocity)
-            .map(|((k, _), v)| (format!("velocity.{k}"), v.clone()))
-            .collect();
-        store.save_checkpoint(record, &weights, &opt_tensors)
+        store.save_checkpoint(record, &weights, &optimizer_tensors("", &weights, opt))
     };
     let diverged = |epoch: u32, what: String, record: &ModelRecord| {
         Error::Diverged(format!(
