@@ -1,10 +1,13 @@
 //! Ops that candle lacks or runs slowly, written once here so the models stay plain.
 //!
-//! - [`bias`]: per-channel bias of a convolution output, with a fast bias gradient.
+//! - [`bias`]: per-channel bias of a convolution output, with a fast bias gradient, alone
+//!   or fused with a (leaky) ReLU.
 //! - [`conv`]: 2-D convolution and transposed convolution (CPU kernels with their own
 //!   backward, which skips gradients nothing asks for; candle's ops on other devices).
 //! - [`lstm`]: a fused LSTM over a whole sequence (CPU kernel with its own backward,
 //!   candle composition on other devices) and a batch-1 inference runner.
+//! - [`pool2d`]: 2-D max and average pooling with overlapping windows and padding,
+//!   differentiable (CPU kernels with their own backward, candle composition elsewhere).
 //! - [`rmsprop`]: RMSprop with Keras semantics (candle has none, and its optimizers hide
 //!   their state, which checkpoints need).
 //! - [`sampling`]: temperature reweighting and multinomial draws.
@@ -17,10 +20,12 @@ pub mod conv;
 pub mod fastmath;
 pub mod lstm;
 mod pool;
+pub mod pool2d;
 pub mod rmsprop;
 pub mod sampling;
 mod smallgemm;
 
+pub use bias::add_channel_bias_relu;
 pub use conv::{
     Conv2dParams, ConvTranspose2dParams, conv_transpose2d, conv_transpose2d_candle, conv2d,
     conv2d_candle,
@@ -28,4 +33,5 @@ pub use conv::{
 pub use lstm::{
     CpuLstmRunner, LstmSeq, RunnerScratch, Wavefront, lstm_last_hidden, lstm_last_hidden_reference,
 };
+pub use pool2d::{Pool2dParams, avg_pool2d, max_pool2d};
 pub use rmsprop::{RmsProp, RmsPropConfig};
