@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Times Oneiro's image-model training steps (vae-train, gan-train) and the PyTorch and
-# Keras peers in one run, on this machine, with the same thread count, and prints each
+# Times Oneiro's image workloads (vae-train, gan-train, dream-step at 299x299, style-eval at
+# 128x192; WORKLOADS="..." picks some) and the PyTorch and Keras peers in one run, on this machine, with the same thread count, and prints each
 # with its ratio to the faster peer. Each program runs REPS times (default 3),
 # interleaved; its best run counts.
 #
@@ -20,10 +20,13 @@ reps=${REPS:-3}
 gan_steps=${GAN_STEPS:-5}
 run() { "$@" 2>/dev/null | tail -n 1; }
 log=$(mktemp)
+workloads=${WORKLOADS:-vae-train gan-train dream-step style-eval}
 for _ in $(seq "$reps"); do
-  for w in vae-train gan-train; do
+  for w in $workloads; do
     steps=""
     [ "$w" = gan-train ] && steps="--steps $gan_steps"
+    [ "$w" = dream-step ] && steps="--size 299x299"
+    [ "$w" = style-eval ] && steps="--size 128x192"
     run $oneiro bench $w --threads "$threads" --device cpu $steps | sed "s/^/ours-$w /" >>"$log"
     run $py "$peers/torch_peer.py" $w --threads "$threads" $steps | sed "s/^/torch-$w /" >>"$log"
     run $py "$peers/keras_peer.py" $w --threads "$threads" $steps | sed "s/^/keras-$w /" >>"$log" || true
@@ -39,8 +42,14 @@ for line in open(sys.argv[1]):
         runs.setdefault(tag, []).append(json.loads(js))
     except json.JSONDecodeError:
         pass
-for w, key, unit in (("vae-train", "images_per_s", "images/s"), ("gan-train", "steps_per_s", "steps/s")):
-    best = {p: max(r[key] for r in runs[f"{p}-{w}"]) for p in ("ours", "torch", "keras") if f"{p}-{w}" in runs}
+def rate(r, key):
+    # Workloads timed per step report seconds; throughput is its inverse.
+    return 1 / r[key] if key.startswith("seconds") else r[key]
+for w, key, unit in (("vae-train", "images_per_s", "images/s"), ("gan-train", "steps_per_s", "steps/s"),
+                     ("dream-step", "seconds_per_step", "steps/s"), ("style-eval", "seconds_per_eval", "evals/s")):
+    best = {p: max(rate(r, key) for r in runs[f"{p}-{w}"]) for p in ("ours", "torch", "keras") if f"{p}-{w}" in runs}
+    if "ours" not in best or len(best) < 2:
+        continue
     peer = max(v for p, v in best.items() if p != "ours")
     parts = " | ".join(f"{p} {v:.3g} {unit}" for p, v in best.items())
     print(f"{w:10} {parts} | ours / faster peer x{best['ours'] / peer:.2f}")

@@ -247,6 +247,11 @@ impl Client {
         Ok(self.inner.gan_sample(req).await?.into_inner())
     }
 
+    /// DeepDream: the loss of every ascent iteration and each octave's image.
+    pub async fn dream(&mut self, req: pb::DreamRequest) -> Result<Streaming<pb::DreamEvent>> {
+        Ok(self.inner.dream(req).await?.into_inner())
+    }
+
     /// Generates and collects the whole text.
     pub async fn generate_text(&mut self, req: pb::GenerateRequest) -> Result<String> {
         let mut stream = self.generate(req).await?;

@@ -16,6 +16,7 @@ use oneiro_client::{BearerToken, Client, corpus, pb};
 use oneiro_daemon::DaemonConfig;
 use oneiro_daemon::device::DeviceSpec;
 
+mod dream_cli;
 mod gan_cli;
 mod vae_cli;
 
@@ -67,6 +68,8 @@ enum Command {
     /// DCGAN on CIFAR-10 frogs (or your images): adversarial training, samples.
     #[command(subcommand)]
     Gan(gan_cli::GanCommand),
+    /// DeepDream on InceptionV3 (the book's defaults; weights from the hub on first use).
+    Dream(dream_cli::DreamArgs),
     /// The daemon's version, device and limits.
     Info,
     /// Training jobs on the daemon.
@@ -200,6 +203,8 @@ enum BenchCommand {
     VaeTrain(BenchArgs),
     /// One adversarial step of the book's DCGAN (batch 20, 32×32, latent 32).
     GanTrain(BenchArgs),
+    /// One DeepDream ascent step on InceptionV3 up to mixed5 (seeded random weights).
+    DreamStep(SizedBenchArgs),
     /// Corpus preparation: characters, windows and peak memory.
     TextPrepare {
         #[arg(long)]
@@ -215,6 +220,29 @@ struct BenchArgs {
     /// Timed steps (text-train: batches; text-generate: characters) [30 / 400].
     #[arg(long)]
     steps: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct SizedBenchArgs {
+    #[command(flatten)]
+    common: BenchArgs,
+    /// Image size HEIGHTxWIDTH [299x299].
+    #[arg(long, default_value = "299x299", value_parser = parse_size)]
+    size: (usize, usize),
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let (h, w) = s
+        .split_once('x')
+        .ok_or_else(|| format!("{s:?} is not HEIGHTxWIDTH"))?;
+    let p = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| (1..=8192).contains(&n))
+            .ok_or_else(|| format!("{v:?} in {s:?} is not a size from 1 to 8192"))
+    };
+    Ok((p(h)?, p(w)?))
 }
 
 fn main() -> std::process::ExitCode {
@@ -292,6 +320,8 @@ async fn run(cli: Cli) -> Result<()> {
                     .unwrap_or_else(oneiro_daemon::config::default_state_dir),
             );
             config.device = cli.device;
+            // This process is the user's own: weights files may be anywhere they can read.
+            config.weights_root = Some(PathBuf::from("/"));
             let d = oneiro_daemon::spawn(config, ([127, 0, 0, 1], 0).into()).await?;
             (d.endpoint(), Some(d))
         }
@@ -306,6 +336,7 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Text(t) => text(&mut client, t).await,
             Command::Vae(v) => vae_cli::run(&mut client, v).await,
             Command::Gan(g) => gan_cli::run(&mut client, g).await,
+            Command::Dream(d) => dream_cli::run(&mut client, d, embedded.is_some()).await,
             Command::Jobs(j) => jobs(&mut client, j).await,
             Command::Info => {
                 let i = client.info().await?;
@@ -329,6 +360,12 @@ async fn run(cli: Cli) -> Result<()> {
                     "now: {} queued, {} training jobs active",
                     i.queued, i.active_jobs
                 );
+                for b in &i.backbones {
+                    println!(
+                        "{}: default weights {}, input {}",
+                        b.network, b.default_weights, b.preprocessing
+                    );
+                }
                 Ok(())
             }
             Command::Bench(_) => unreachable!("handled before the runtime starts"),
@@ -713,6 +750,7 @@ fn bench(cmd: &BenchCommand, device: DeviceSpec) -> Result<()> {
         | BenchCommand::TextGenerate(a)
         | BenchCommand::VaeTrain(a)
         | BenchCommand::GanTrain(a) => a.threads,
+        BenchCommand::DreamStep(a) => a.common.threads,
         BenchCommand::TextPrepare { .. } => 1,
     };
     if threads == 0 {
@@ -746,6 +784,12 @@ fn bench(cmd: &BenchCommand, device: DeviceSpec) -> Result<()> {
         BenchCommand::GanTrain(a) => {
             let s = bench::gan_train(&dev, a.steps.unwrap_or(5))?;
             serde_json::json!({"workload": "gan-train", "seconds_per_step": s, "steps_per_s": 1.0 / s,
+                "peer": "oneiro", "version": version, "threads": threads, "device": device})
+        }
+        BenchCommand::DreamStep(a) => {
+            let (h, w) = a.size;
+            let s = bench::dream_step(&dev, h, w, a.common.steps.unwrap_or(3))?;
+            serde_json::json!({"workload": "dream-step", "size": format!("{h}x{w}"), "seconds_per_step": s,
                 "peer": "oneiro", "version": version, "threads": threads, "device": device})
         }
         BenchCommand::TextPrepare { corpus } => {

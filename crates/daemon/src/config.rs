@@ -37,6 +37,11 @@ pub struct DaemonConfig {
     pub corpus_root: Option<PathBuf>,
     /// Where hub downloads (datasets, weights) are resolved: offline mode and cache.
     pub hub: oneiro_trainer::hub::HubOptions,
+    /// Requests may name weights files (safetensors) under this directory; `None` allows
+    /// only hub and random weights.
+    pub weights_root: Option<PathBuf>,
+    /// Largest image (width × height) DeepDream and style transfer accept.
+    pub max_image_pixels: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -82,6 +87,10 @@ impl DaemonConfig {
             tls: None,
             corpus_root: None,
             hub: oneiro_trainer::hub::HubOptions::from_env(),
+            weights_root: None,
+            // 2048² pixels: a DeepDream iteration on the CPU at that size takes seconds;
+            // larger is possible, but should be a deliberate setting.
+            max_image_pixels: 1 << 22,
         }
     }
 }

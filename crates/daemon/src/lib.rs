@@ -7,6 +7,7 @@
 pub mod config;
 pub mod convert;
 pub mod device;
+pub mod dream_ops;
 pub mod error;
 pub mod gan_ops;
 pub mod jobs;

@@ -70,6 +70,13 @@ struct Args {
     /// The hub cache directory [HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub].
     #[arg(long, env = "ONEIRO_HUB_CACHE")]
     hub_cache: Option<PathBuf>,
+    /// Let requests name weights files (safetensors) under this directory (off by
+    /// default: hub and random weights only).
+    #[arg(long, env = "ONEIRO_WEIGHTS_ROOT")]
+    weights_root: Option<PathBuf>,
+    /// Largest image (width × height) DeepDream and style transfer accept.
+    #[arg(long, default_value_t = 1 << 22)]
+    max_image_pixels: u64,
     /// Serve TLS with this PEM certificate chain (needs --tls-key).
     #[arg(long, env = "ONEIRO_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -110,6 +117,8 @@ async fn main() -> anyhow::Result<()> {
     config.corpus_root = args.corpus_root;
     config.hub.offline |= args.offline;
     config.hub.cache_dir = args.hub_cache;
+    config.weights_root = args.weights_root;
+    config.max_image_pixels = args.max_image_pixels;
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(oneiro_daemon::config::TlsFiles { cert, key });
     }

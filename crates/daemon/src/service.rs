@@ -445,7 +445,7 @@ pub(crate) fn server_path(
         .map_err(|e| invalid(format!("cannot read {what} {p:?}: {e}")))?;
     if !path.starts_with(&root) {
         return Err(invalid(format!(
-            "{what} {p:?} is outside the daemon's corpus root"
+            "{what} {p:?} is outside the directory the daemon serves such files from"
         )));
     }
     Ok(path)
@@ -602,7 +602,19 @@ impl Oneiro for OneiroService {
                 max_request_bytes: self.config.max_request_bytes as u64,
                 max_corpus_bytes: self.config.max_corpus_bytes as u64,
                 queue_depth: self.worker.queue_depth() as u32,
+                max_image_pixels: self.config.max_image_pixels,
             }),
+            backbones: [
+                oneiro_trainer::backbones::Network::InceptionV3,
+                oneiro_trainer::backbones::Network::Vgg19,
+            ]
+            .into_iter()
+            .map(|n| pb::BackboneInfo {
+                network: n.name().into(),
+                default_weights: n.default_repo().into(),
+                preprocessing: n.preprocessing_for(n.default_repo()).describe().into(),
+            })
+            .collect(),
             queued: self.worker.queued() as u32,
             active_jobs: self.jobs.active_count() as u32,
             auth_required: self.config.auth_token.is_some(),
@@ -945,6 +957,39 @@ impl Oneiro for OneiroService {
             },
         )
         .await
+    }
+
+    type DreamStream = EventStream<pb::DreamEvent>;
+
+    async fn dream(
+        &self,
+        req: Request<pb::DreamRequest>,
+    ) -> Result<Response<Self::DreamStream>, Status> {
+        self.admit()?;
+        let permit = self.stream_permit()?;
+        let req = req.into_inner();
+        let config = self.config.clone();
+        // Decoding and weight resolution (a hub download on first use) stay off the
+        // device thread.
+        let plan = tokio::task::spawn_blocking(move || crate::dream_ops::plan(req, &config))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))??;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let span = info_span!(
+            "dream",
+            height = plan.image.height,
+            width = plan.image.width,
+            weights = %plan.weights.origin
+        );
+        self.worker.submit(Job::Dream {
+            plan,
+            events: tx,
+            span,
+        })?;
+        Ok(Response::new(permitted(
+            Box::pin(ReceiverStream::new(rx)),
+            permit,
+        )))
     }
 
     async fn gan_sample(

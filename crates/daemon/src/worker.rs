@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use oneiro_proto::v1 as pb;
+use oneiro_trainer::backbones::ResolvedWeights;
 use oneiro_trainer::cifar::ImageSet;
 use oneiro_trainer::events::{EventSink, Stop};
 use oneiro_trainer::gan_train::train_gan;
@@ -31,6 +32,11 @@ use crate::error::ServiceError;
 use crate::jobs::{Job as TrainJob, JobState, TrainPlan};
 use crate::metrics::Metrics;
 use crate::residency::{Residency, Snapshot};
+
+/// The residency name of a loaded pretrained network.
+fn backbone_key(w: &ResolvedWeights) -> String {
+    format!("@{}", w.cache_key())
+}
 
 pub type Reply<T> = mpsc::Sender<Result<T, Status>>;
 
@@ -65,6 +71,12 @@ pub enum Job {
     Unload {
         model: String,
         reply: tokio::sync::oneshot::Sender<bool>,
+    },
+    /// A DeepDream run, streamed.
+    Dream {
+        plan: crate::dream_ops::DreamPlan,
+        events: Reply<pb::DreamEvent>,
+        span: Span,
     },
     Generate {
         model: String,
@@ -123,6 +135,8 @@ enum Resident {
     Text(Arc<CharGenerator>),
     Vae(Arc<VaeRunner>),
     Gan(Arc<oneiro_models::Dcgan>),
+    /// A pretrained feature extractor (under a `@`-prefixed name no model can have).
+    Inception(Arc<oneiro_models::InceptionV3>),
 }
 
 /// The async side's handle on a device worker.
@@ -365,6 +379,24 @@ impl Worker {
                     });
                     let _ = reply.send(result);
                 }
+                Job::Dream { plan, events, span } => {
+                    let _g = span.enter();
+                    if events.is_closed() {
+                        continue;
+                    }
+                    let key = backbone_key(&plan.weights);
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.dream(&plan, &events)
+                    }));
+                    let result = run.unwrap_or_else(|panic| {
+                        error!(panic = panic_message(&panic), "DeepDream panicked");
+                        self.resident.remove(&key);
+                        Err(ServiceError::Internal(panic_message(&panic)))
+                    });
+                    if let Err(e) = result {
+                        let _ = send_within(&events, Err(e.into()));
+                    }
+                }
                 Job::Unload { model, reply } => {
                     let _ = reply.send(self.resident.remove(&model));
                 }
@@ -531,6 +563,140 @@ impl Worker {
             info!(model = %other, "unloaded to stay within the memory budget");
         }
         Ok((loaded, record))
+    }
+
+    /// InceptionV3 with `weights`, loaded once and kept resident like a model.
+    fn inception(
+        &mut self,
+        weights: &ResolvedWeights,
+    ) -> Result<Arc<oneiro_models::InceptionV3>, ServiceError> {
+        let name = backbone_key(weights);
+        if let Some(r) = self.resident.get(&name, (0, 0))
+            && let Resident::Inception(net) = r.as_ref()
+        {
+            return Ok(net.clone());
+        }
+        let started = Instant::now();
+        let eps = oneiro_models::inception_v3::INCEPTION_BN_EPS;
+        let net = oneiro_models::InceptionV3::load(&weights.weights, eps, &self.device)
+            .map_err(|e| oneiro_trainer::Error::Corrupt(format!("{}: {e}", weights.origin)))?;
+        let net = Arc::new(net);
+        let bytes = net.parameter_count() as u64 * 4;
+        info!(
+            network = %name,
+            ms = started.elapsed().as_millis() as u64,
+            "network loaded"
+        );
+        let evicted = self
+            .resident
+            .insert(
+                &name,
+                (0, 0),
+                Arc::new(Resident::Inception(net.clone())),
+                bytes,
+            )
+            .map_err(ServiceError::OverBudget)?;
+        for other in evicted {
+            info!(model = %other, "unloaded to stay within the memory budget");
+        }
+        Ok(net)
+    }
+
+    fn dream(
+        &mut self,
+        plan: &crate::dream_ops::DreamPlan,
+        events: &Reply<pb::DreamEvent>,
+    ) -> Result<(), ServiceError> {
+        use oneiro_trainer::dream::{DreamEvent, Dreamer};
+        use pb::dream_event::Event;
+        let net = self.inception(&plan.weights)?;
+        let dreamer = Dreamer::new(
+            &net,
+            plan.weights.preprocessing,
+            &plan.options.layers,
+            &self.device,
+        )?;
+        let o = &plan.options;
+        let send = |e: Event| -> Result<(), oneiro_trainer::Error> {
+            if send_within(events, Ok(pb::DreamEvent { event: Some(e) })) {
+                Ok(())
+            } else {
+                Err(oneiro_trainer::Error::Cancelled(
+                    "the client went away".into(),
+                ))
+            }
+        };
+        let shapes = oneiro_trainer::dream::octave_shapes(
+            plan.image.height,
+            plan.image.width,
+            o.octaves,
+            o.octave_scale,
+        );
+        send(Event::Start(pb::DreamStart {
+            weights: plan.weights.describe(),
+            pretrained: plan.weights.weights.is_pretrained(),
+            preprocessing: plan.weights.preprocessing.describe().into(),
+            layers: o
+                .layers
+                .iter()
+                .map(|(name, weight)| pb::DreamLayer {
+                    name: name.clone(),
+                    weight: *weight,
+                })
+                .collect(),
+            octave_sizes: shapes
+                .iter()
+                .map(|&(h, w)| pb::Image {
+                    png: vec![],
+                    width: w as u32,
+                    height: h as u32,
+                })
+                .collect(),
+        }))?;
+        let stopping = self.stopping.clone();
+        let result = dreamer.dream(&plan.image, o, &mut |e| {
+            if stopping.load(Ordering::Relaxed) {
+                return Err(oneiro_trainer::Error::Cancelled(
+                    "the daemon is shutting down".into(),
+                ));
+            }
+            match e {
+                DreamEvent::Step {
+                    octave,
+                    iteration,
+                    loss,
+                } => send(Event::Step(pb::DreamStep {
+                    octave: octave as u32,
+                    iteration: iteration as u32,
+                    loss,
+                })),
+                DreamEvent::Octave {
+                    octave,
+                    image,
+                    stopped_early,
+                } => {
+                    let image = crate::dream_ops::png(image)
+                        .map_err(|e| oneiro_trainer::Error::invalid(e.to_string()))?;
+                    send(Event::Octave(pb::DreamOctave {
+                        octave: octave as u32,
+                        image: Some(image),
+                        stopped_early,
+                    }))
+                }
+            }
+        });
+        match result {
+            Ok(_) => Ok(()),
+            // The client is gone: nobody to tell.
+            Err(oneiro_trainer::Error::Cancelled(why)) if events.is_closed() => {
+                info!(why, "dream dropped");
+                Ok(())
+            }
+            Err(oneiro_trainer::Error::Cancelled(why)) => Err(ServiceError::Trainer(
+                oneiro_trainer::Error::Unavailable(format!("dream stopped: {why}")),
+            )),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn generator(

@@ -131,6 +131,36 @@ pub fn gan_train(device: &Device, steps: usize) -> Result<f64> {
     )
 }
 
+/// One DeepDream ascent step on a seeded random InceptionV3 at `height`×`width`, up to
+/// mixed5 with the book's layer coefficients, like the peers' `dream-step` (loss, input
+/// gradient, normalised step; no weight gradients). Returns seconds per step.
+pub fn dream_step(device: &Device, height: usize, width: usize, steps: usize) -> Result<f64> {
+    use crate::dream::{BOOK_LAYERS, Dreamer};
+    use oneiro_models::{InceptionV3, Preprocessing, Weights};
+    let net = InceptionV3::load(
+        &Weights::Seeded(0),
+        oneiro_models::inception_v3::INCEPTION_BN_EPS,
+        device,
+    )?;
+    let layers: Vec<(String, f32)> = BOOK_LAYERS
+        .iter()
+        .map(|(n, c)| (n.to_string(), *c))
+        .collect();
+    let dreamer = Dreamer::new(&net, Preprocessing::Inception, &layers, device)?;
+    let mut x = Tensor::rand(-1f32, 1f32, (1, 3, height, width), device)?;
+    timed(
+        || {
+            let (_, next) = dreamer.step(&x, 0.01)?;
+            x = next;
+            // A step ends when its numbers are ready (a no-op on the CPU).
+            device.synchronize()?;
+            Ok(())
+        },
+        1,
+        steps,
+    )
+}
+
 /// Prepares a corpus file the way training does; returns (characters, windows, peak
 /// resident memory in bytes of this process so far, if the OS tells).
 pub fn text_prepare(text: &str) -> Result<(usize, usize, Option<u64>)> {

@@ -44,6 +44,28 @@ fn split_repo(repo: &str) -> Result<(&str, &str)> {
 
 /// Local paths of `files` of the dataset repository `repo`, downloading what is missing.
 pub fn dataset_files(repo: &str, files: &[&str], opts: &HubOptions) -> Result<Vec<PathBuf>> {
+    repo_files(RepoKind::Dataset, repo, files, opts)
+}
+
+/// Local paths of `files` of the model repository `repo` (weights), downloading what is
+/// missing.
+pub fn model_files(repo: &str, files: &[&str], opts: &HubOptions) -> Result<Vec<PathBuf>> {
+    repo_files(RepoKind::Model, repo, files, opts)
+}
+
+/// The hub's two kinds of repository we read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepoKind {
+    Dataset,
+    Model,
+}
+
+fn repo_files(
+    kind: RepoKind,
+    repo: &str,
+    files: &[&str],
+    opts: &HubOptions,
+) -> Result<Vec<PathBuf>> {
     let (owner, name) = split_repo(repo)?;
     let mut builder = HFClient::builder();
     if let Some(dir) = &opts.cache_dir {
@@ -53,7 +75,18 @@ pub fn dataset_files(repo: &str, files: &[&str], opts: &HubOptions) -> Result<Ve
         .build()
         .and_then(HFClientSync::from_inner)
         .map_err(|e| Error::Unavailable(format!("cannot set up the hub client: {e}")))?;
-    let handle = client.dataset(owner, name);
+    match kind {
+        RepoKind::Dataset => fetch(client.dataset(owner, name), repo, files, opts),
+        RepoKind::Model => fetch(client.model(owner, name), repo, files, opts),
+    }
+}
+
+fn fetch<T: hf_hub::RepoType>(
+    handle: hf_hub::HFRepositorySync<T>,
+    repo: &str,
+    files: &[&str],
+    opts: &HubOptions,
+) -> Result<Vec<PathBuf>> {
     files
         .iter()
         .map(|file| {
@@ -87,9 +120,23 @@ fn hub_error(repo: &str, file: &str, opts: &HubOptions, e: HFError) -> Error {
 /// Lays out `files` (name → bytes) as a cached snapshot of dataset `repo` under `cache`,
 /// exactly where hf-hub looks for them: how tests and air-gapped machines seed a cache.
 pub fn seed_cache(cache: &Path, repo: &str, files: &[(&str, &[u8])]) -> Result<()> {
+    seed_repo_cache(cache, RepoKind::Dataset, repo, files)
+}
+
+/// [`seed_cache`] for either kind of repository.
+pub fn seed_repo_cache(
+    cache: &Path,
+    kind: RepoKind,
+    repo: &str,
+    files: &[(&str, &[u8])],
+) -> Result<()> {
     let (owner, name) = split_repo(repo)?;
     let commit = "0000000000000000000000000000000000000001";
-    let root = cache.join(format!("datasets--{owner}--{name}"));
+    let prefix = match kind {
+        RepoKind::Dataset => "datasets",
+        RepoKind::Model => "models",
+    };
+    let root = cache.join(format!("{prefix}--{owner}--{name}"));
     std::fs::create_dir_all(root.join("refs"))?;
     std::fs::write(root.join("refs/main"), commit)?;
     for (file, bytes) in files {

@@ -3,8 +3,10 @@
 //! Everything here is synchronous and device-agnostic: the daemon runs it on its
 //! per-device worker thread, the CLI's benchmarks call it directly.
 
+pub mod backbones;
 pub mod bench;
 pub mod cifar;
+pub mod dream;
 pub mod error;
 pub mod events;
 pub mod gan_train;
