@@ -32,3 +32,16 @@ pub fn status(e: ClientError) -> Status {
 pub fn code(e: ClientError) -> Code {
     status(e).code()
 }
+
+/// A small RGB picture with structure (stripes and a gradient; `phase` shifts the
+/// stripes), as PNG.
+pub fn picture(w: u32, h: u32, phase: f32) -> Vec<u8> {
+    let mut px = Vec::new();
+    for y in 0..h {
+        for x in 0..w {
+            let s = ((x as f32 * 0.4 + phase).sin() * (y as f32 * 0.25).cos()) * 0.4 + 0.5;
+            px.extend([s, y as f32 / h as f32, 1.0 - s]);
+        }
+    }
+    oneiro_trainer::imageio::encode_png(&px, w, h, 3).expect("encodable")
+}

@@ -7,24 +7,16 @@ use std::time::Duration;
 
 use oneiro_client::{Client, pb};
 use oneiro_e2e::{start, status};
+
+fn picture(w: u32, h: u32) -> Vec<u8> {
+    oneiro_e2e::picture(w, h, 0.0)
+}
 use oneiro_models::InceptionV3;
 use oneiro_models::backbone::seeded_checkpoint;
 use oneiro_trainer::hub::{HubOptions, RepoKind, seed_repo_cache};
 use oneiro_trainer::imageio;
 use pb::dream_event::Event;
 use tonic::Code;
-
-/// A small picture with structure (stripes and a gradient), as PNG.
-fn picture(w: u32, h: u32) -> Vec<u8> {
-    let mut px = Vec::new();
-    for y in 0..h {
-        for x in 0..w {
-            let s = ((x as f32 * 0.4).sin() * (y as f32 * 0.25).cos()) * 0.4 + 0.5;
-            px.extend([s, y as f32 / h as f32, 1.0 - s]);
-        }
-    }
-    imageio::encode_png(&px, w, h, 3).unwrap()
-}
 
 fn request(image: Vec<u8>, weights: pb::backbone_weights::Source) -> pb::DreamRequest {
     pb::DreamRequest {

@@ -252,6 +252,11 @@ impl Client {
         Ok(self.inner.dream(req).await?.into_inner())
     }
 
+    /// Style transfer: each L-BFGS round's loss and image.
+    pub async fn style(&mut self, req: pb::StyleRequest) -> Result<Streaming<pb::StyleEvent>> {
+        Ok(self.inner.style(req).await?.into_inner())
+    }
+
     /// Generates and collects the whole text.
     pub async fn generate_text(&mut self, req: pb::GenerateRequest) -> Result<String> {
         let mut stream = self.generate(req).await?;

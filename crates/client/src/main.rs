@@ -18,6 +18,7 @@ use oneiro_daemon::device::DeviceSpec;
 
 mod dream_cli;
 mod gan_cli;
+mod style_cli;
 mod vae_cli;
 
 #[derive(Parser, Debug)]
@@ -70,6 +71,8 @@ enum Command {
     Gan(gan_cli::GanCommand),
     /// DeepDream on InceptionV3 (the book's defaults; weights from the hub on first use).
     Dream(dream_cli::DreamArgs),
+    /// Neural style transfer on VGG19 with L-BFGS (the book's defaults).
+    Style(style_cli::StyleArgs),
     /// The daemon's version, device and limits.
     Info,
     /// Training jobs on the daemon.
@@ -205,6 +208,8 @@ enum BenchCommand {
     GanTrain(BenchArgs),
     /// One DeepDream ascent step on InceptionV3 up to mixed5 (seeded random weights).
     DreamStep(SizedBenchArgs),
+    /// One style-transfer loss and gradient evaluation on VGG19 (seeded random weights).
+    StyleEval(SizedBenchArgs),
     /// Corpus preparation: characters, windows and peak memory.
     TextPrepare {
         #[arg(long)]
@@ -226,9 +231,9 @@ struct BenchArgs {
 struct SizedBenchArgs {
     #[command(flatten)]
     common: BenchArgs,
-    /// Image size HEIGHTxWIDTH [299x299].
-    #[arg(long, default_value = "299x299", value_parser = parse_size)]
-    size: (usize, usize),
+    /// Image size HEIGHTxWIDTH [dream-step 299x299, style-eval 128x192].
+    #[arg(long, value_parser = parse_size)]
+    size: Option<(usize, usize)>,
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize), String> {
@@ -337,6 +342,7 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Vae(v) => vae_cli::run(&mut client, v).await,
             Command::Gan(g) => gan_cli::run(&mut client, g).await,
             Command::Dream(d) => dream_cli::run(&mut client, d, embedded.is_some()).await,
+            Command::Style(s) => style_cli::run(&mut client, s, embedded.is_some()).await,
             Command::Jobs(j) => jobs(&mut client, j).await,
             Command::Info => {
                 let i = client.info().await?;
@@ -750,7 +756,7 @@ fn bench(cmd: &BenchCommand, device: DeviceSpec) -> Result<()> {
         | BenchCommand::TextGenerate(a)
         | BenchCommand::VaeTrain(a)
         | BenchCommand::GanTrain(a) => a.threads,
-        BenchCommand::DreamStep(a) => a.common.threads,
+        BenchCommand::DreamStep(a) | BenchCommand::StyleEval(a) => a.common.threads,
         BenchCommand::TextPrepare { .. } => 1,
     };
     if threads == 0 {
@@ -787,9 +793,15 @@ fn bench(cmd: &BenchCommand, device: DeviceSpec) -> Result<()> {
                 "peer": "oneiro", "version": version, "threads": threads, "device": device})
         }
         BenchCommand::DreamStep(a) => {
-            let (h, w) = a.size;
+            let (h, w) = a.size.unwrap_or((299, 299));
             let s = bench::dream_step(&dev, h, w, a.common.steps.unwrap_or(3))?;
             serde_json::json!({"workload": "dream-step", "size": format!("{h}x{w}"), "seconds_per_step": s,
+                "peer": "oneiro", "version": version, "threads": threads, "device": device})
+        }
+        BenchCommand::StyleEval(a) => {
+            let (h, w) = a.size.unwrap_or((128, 192));
+            let s = bench::style_eval(&dev, h, w, a.common.steps.unwrap_or(3))?;
+            serde_json::json!({"workload": "style-eval", "size": format!("{h}x{w}"), "seconds_per_eval": s,
                 "peer": "oneiro", "version": version, "threads": threads, "device": device})
         }
         BenchCommand::TextPrepare { corpus } => {

@@ -26,7 +26,7 @@ pub fn decode_image(
     bytes: &[u8],
     what: &str,
     config: &DaemonConfig,
-) -> Result<(Vec<f32>, u32, u32), ServiceError> {
+) -> Result<image::DynamicImage, ServiceError> {
     if bytes.is_empty() {
         return Err(invalid(format!("{what}: no image was sent")));
     }
@@ -39,7 +39,7 @@ pub fn decode_image(
             w as u64 * h as u64
         )));
     }
-    Ok((imageio::to_rgb(&img, w, h), w, h))
+    Ok(img)
 }
 
 /// The weights a request names, resolved (blocking: may download from the hub).
@@ -106,8 +106,9 @@ pub fn plan(req: pb::DreamRequest, config: &DaemonConfig) -> Result<DreamPlan, S
         octave_scale: req.octave_scale.unwrap_or(defaults.octave_scale),
     };
     options.validate()?;
-    let (rgb, w, h) = decode_image(&req.image, "image", config)?;
-    let image = Planes::from_rgb01(&rgb, w as usize, h as usize);
+    let img = decode_image(&req.image, "image", config)?;
+    let (w, h) = (img.width(), img.height());
+    let image = Planes::from_rgb01(&imageio::to_rgb(&img, w, h), w as usize, h as usize);
     let weights = resolve_weights(Network::InceptionV3, req.weights, config)?;
     Ok(DreamPlan {
         image,

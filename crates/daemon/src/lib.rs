@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod residency;
 pub mod server;
 pub mod service;
+pub mod style_ops;
 pub mod vae_ops;
 pub mod worker;
 

@@ -959,6 +959,37 @@ impl Oneiro for OneiroService {
         .await
     }
 
+    type StyleStream = EventStream<pb::StyleEvent>;
+
+    async fn style(
+        &self,
+        req: Request<pb::StyleRequest>,
+    ) -> Result<Response<Self::StyleStream>, Status> {
+        self.admit()?;
+        let permit = self.stream_permit()?;
+        let req = req.into_inner();
+        let config = self.config.clone();
+        let plan = tokio::task::spawn_blocking(move || crate::style_ops::plan(req, &config))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))??;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let span = info_span!(
+            "style",
+            height = plan.content.height,
+            width = plan.content.width,
+            weights = %plan.weights.origin
+        );
+        self.worker.submit(Job::Style {
+            plan,
+            events: tx,
+            span,
+        })?;
+        Ok(Response::new(permitted(
+            Box::pin(ReceiverStream::new(rx)),
+            permit,
+        )))
+    }
+
     type DreamStream = EventStream<pb::DreamEvent>;
 
     async fn dream(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use oneiro_proto::v1 as pb;
-use oneiro_trainer::backbones::ResolvedWeights;
+use oneiro_trainer::backbones::{Network, ResolvedWeights};
 use oneiro_trainer::cifar::ImageSet;
 use oneiro_trainer::events::{EventSink, Stop};
 use oneiro_trainer::gan_train::train_gan;
@@ -32,6 +32,41 @@ use crate::error::ServiceError;
 use crate::jobs::{Job as TrainJob, JobState, TrainPlan};
 use crate::metrics::Metrics;
 use crate::residency::{Residency, Snapshot};
+
+/// Sends one event of a streamed request; a client that went away stops the work.
+fn streaming_sender<E, T>(
+    events: &Reply<T>,
+    wrap: impl Fn(E) -> T,
+) -> impl Fn(E) -> Result<(), oneiro_trainer::Error> {
+    move |e| {
+        if send_within(events, Ok(wrap(e))) {
+            Ok(())
+        } else {
+            Err(oneiro_trainer::Error::Cancelled(
+                "the client went away".into(),
+            ))
+        }
+    }
+}
+
+/// How a streamed request ended, for its client: a client that left is told nothing; a
+/// shutdown is `Unavailable`.
+fn stream_outcome<T>(
+    result: oneiro_trainer::Result<()>,
+    events: &Reply<T>,
+) -> Result<(), ServiceError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(oneiro_trainer::Error::Cancelled(why)) if events.is_closed() => {
+            info!(why, "request dropped");
+            Ok(())
+        }
+        Err(oneiro_trainer::Error::Cancelled(why)) => Err(ServiceError::Trainer(
+            oneiro_trainer::Error::Unavailable(format!("stopped: {why}")),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// The residency name of a loaded pretrained network.
 fn backbone_key(w: &ResolvedWeights) -> String {
@@ -71,6 +106,12 @@ pub enum Job {
     Unload {
         model: String,
         reply: tokio::sync::oneshot::Sender<bool>,
+    },
+    /// A style transfer, streamed.
+    Style {
+        plan: crate::style_ops::StylePlan,
+        events: Reply<pb::StyleEvent>,
+        span: Span,
     },
     /// A DeepDream run, streamed.
     Dream {
@@ -137,6 +178,7 @@ enum Resident {
     Gan(Arc<oneiro_models::Dcgan>),
     /// A pretrained feature extractor (under a `@`-prefixed name no model can have).
     Inception(Arc<oneiro_models::InceptionV3>),
+    Vgg(Arc<oneiro_models::Vgg19>),
 }
 
 /// The async side's handle on a device worker.
@@ -381,21 +423,13 @@ impl Worker {
                 }
                 Job::Dream { plan, events, span } => {
                     let _g = span.enter();
-                    if events.is_closed() {
-                        continue;
-                    }
                     let key = backbone_key(&plan.weights);
-                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        self.dream(&plan, &events)
-                    }));
-                    let result = run.unwrap_or_else(|panic| {
-                        error!(panic = panic_message(&panic), "DeepDream panicked");
-                        self.resident.remove(&key);
-                        Err(ServiceError::Internal(panic_message(&panic)))
-                    });
-                    if let Err(e) = result {
-                        let _ = send_within(&events, Err(e.into()));
-                    }
+                    self.streamed(&key, &events, |w| w.dream(&plan, &events));
+                }
+                Job::Style { plan, events, span } => {
+                    let _g = span.enter();
+                    let key = backbone_key(&plan.weights);
+                    self.streamed(&key, &events, |w| w.style(&plan, &events));
                 }
                 Job::Unload { model, reply } => {
                     let _ = reply.send(self.resident.remove(&model));
@@ -565,23 +599,33 @@ impl Worker {
         Ok((loaded, record))
     }
 
-    /// InceptionV3 with `weights`, loaded once and kept resident like a model.
-    fn inception(
-        &mut self,
-        weights: &ResolvedWeights,
-    ) -> Result<Arc<oneiro_models::InceptionV3>, ServiceError> {
+    /// The pretrained network `weights` name, loaded once and kept resident like a
+    /// model.
+    fn backbone(&mut self, weights: &ResolvedWeights) -> Result<Arc<Resident>, ServiceError> {
         let name = backbone_key(weights);
-        if let Some(r) = self.resident.get(&name, (0, 0))
-            && let Resident::Inception(net) = r.as_ref()
-        {
-            return Ok(net.clone());
+        if let Some(r) = self.resident.get(&name, (0, 0)) {
+            return Ok(r);
         }
         let started = Instant::now();
-        let eps = oneiro_models::inception_v3::INCEPTION_BN_EPS;
-        let net = oneiro_models::InceptionV3::load(&weights.weights, eps, &self.device)
-            .map_err(|e| oneiro_trainer::Error::Corrupt(format!("{}: {e}", weights.origin)))?;
-        let net = Arc::new(net);
-        let bytes = net.parameter_count() as u64 * 4;
+        let corrupt = |e: candle_core::Error| {
+            oneiro_trainer::Error::Corrupt(format!("{}: {e}", weights.origin))
+        };
+        let (loaded, params) = match weights.network {
+            Network::InceptionV3 => {
+                let eps = oneiro_models::inception_v3::INCEPTION_BN_EPS;
+                let net = oneiro_models::InceptionV3::load(&weights.weights, eps, &self.device)
+                    .map_err(corrupt)?;
+                let n = net.parameter_count();
+                (Resident::Inception(Arc::new(net)), n)
+            }
+            Network::Vgg19 => {
+                let net =
+                    oneiro_models::Vgg19::load(&weights.weights, &self.device).map_err(corrupt)?;
+                let n = net.parameter_count();
+                (Resident::Vgg(Arc::new(net)), n)
+            }
+        };
+        let loaded = Arc::new(loaded);
         info!(
             network = %name,
             ms = started.elapsed().as_millis() as u64,
@@ -589,17 +633,99 @@ impl Worker {
         );
         let evicted = self
             .resident
-            .insert(
-                &name,
-                (0, 0),
-                Arc::new(Resident::Inception(net.clone())),
-                bytes,
-            )
+            .insert(&name, (0, 0), loaded.clone(), params as u64 * 4)
             .map_err(ServiceError::OverBudget)?;
         for other in evicted {
             info!(model = %other, "unloaded to stay within the memory budget");
         }
-        Ok(net)
+        Ok(loaded)
+    }
+
+    /// Runs a streamed request on a pretrained network (`key`): nothing if the client is
+    /// gone already; a panic fails the request and unloads the network; an error ends the
+    /// stream.
+    fn streamed<T>(
+        &mut self,
+        key: &str,
+        events: &Reply<T>,
+        work: impl FnOnce(&mut Self) -> Result<(), ServiceError>,
+    ) {
+        if events.is_closed() {
+            return;
+        }
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(self)));
+        let result = run.unwrap_or_else(|panic| {
+            error!(
+                network = key,
+                panic = panic_message(&panic),
+                "request panicked"
+            );
+            self.resident.remove(key);
+            Err(ServiceError::Internal(panic_message(&panic)))
+        });
+        if let Err(e) = result {
+            let _ = send_within(events, Err(e.into()));
+        }
+    }
+
+    fn style(
+        &mut self,
+        plan: &crate::style_ops::StylePlan,
+        events: &Reply<pb::StyleEvent>,
+    ) -> Result<(), ServiceError> {
+        use oneiro_trainer::style::{StyleEvent, Stylizer};
+        use pb::style_event::Event;
+        let loaded = self.backbone(&plan.weights)?;
+        let Resident::Vgg(net) = loaded.as_ref() else {
+            return Err(ServiceError::Internal("not a VGG19".into()));
+        };
+        let o = &plan.options;
+        let stylizer = Stylizer::new(
+            net,
+            plan.weights.preprocessing,
+            &plan.content,
+            &plan.style,
+            o,
+            &self.device,
+        )?;
+        let send = streaming_sender(events, |e| pb::StyleEvent { event: Some(e) });
+        let initial = stylizer.loss_of(&plan.content)?;
+        send(Event::Start(pb::StyleStart {
+            weights: plan.weights.describe(),
+            pretrained: plan.weights.weights.is_pretrained(),
+            preprocessing: plan.weights.preprocessing.describe().into(),
+            width: plan.content.width as u32,
+            height: plan.content.height as u32,
+            content_weight: o.content_weight,
+            style_weight: o.style_weight,
+            total_variation_weight: o.total_variation_weight,
+            initial_loss: Some(crate::style_ops::loss(&initial)),
+        }))?;
+        let stopping = self.stopping.clone();
+        let result = stylizer.run(&plan.content, &mut |e| {
+            if stopping.load(Ordering::Relaxed) {
+                return Err(oneiro_trainer::Error::Cancelled(
+                    "the daemon is shutting down".into(),
+                ));
+            }
+            let StyleEvent::Round {
+                round,
+                loss,
+                iterations,
+                evaluations,
+                image,
+            } = e;
+            let image = crate::style_ops::png(image)
+                .map_err(|e| oneiro_trainer::Error::invalid(e.to_string()))?;
+            send(Event::Round(pb::StyleRound {
+                round: round as u32,
+                loss: Some(crate::style_ops::loss(&loss)),
+                iterations: iterations as u32,
+                evaluations: evaluations as u32,
+                image: Some(image),
+            }))
+        });
+        stream_outcome(result.map(|_| ()), events)
     }
 
     fn dream(
@@ -609,9 +735,12 @@ impl Worker {
     ) -> Result<(), ServiceError> {
         use oneiro_trainer::dream::{DreamEvent, Dreamer};
         use pb::dream_event::Event;
-        let net = self.inception(&plan.weights)?;
+        let loaded = self.backbone(&plan.weights)?;
+        let Resident::Inception(net) = loaded.as_ref() else {
+            return Err(ServiceError::Internal("not an InceptionV3".into()));
+        };
         let dreamer = Dreamer::new(
-            &net,
+            net,
             plan.weights.preprocessing,
             &plan.options.layers,
             &self.device,
@@ -685,18 +814,7 @@ impl Worker {
                 }
             }
         });
-        match result {
-            Ok(_) => Ok(()),
-            // The client is gone: nobody to tell.
-            Err(oneiro_trainer::Error::Cancelled(why)) if events.is_closed() => {
-                info!(why, "dream dropped");
-                Ok(())
-            }
-            Err(oneiro_trainer::Error::Cancelled(why)) => Err(ServiceError::Trainer(
-                oneiro_trainer::Error::Unavailable(format!("dream stopped: {why}")),
-            )),
-            Err(e) => Err(e.into()),
-        }
+        stream_outcome(result.map(|_| ()), events)
     }
 
     fn generator(

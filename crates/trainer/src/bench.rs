@@ -161,6 +161,48 @@ pub fn dream_step(device: &Device, height: usize, width: usize, steps: usize) ->
     )
 }
 
+/// One style-transfer loss and gradient evaluation on a seeded random VGG19 at
+/// `height`×`width` (content, style and total-variation terms, the book's weights), like
+/// the peers' `style-eval`; the targets are computed once, outside the timing. Returns
+/// seconds per evaluation.
+pub fn style_eval(device: &Device, height: usize, width: usize, steps: usize) -> Result<f64> {
+    use crate::dream::Planes;
+    use crate::style::{StyleOptions, Stylizer};
+    use oneiro_models::{Preprocessing, Vgg19, Weights};
+    let net = Vgg19::load(&Weights::Seeded(0), device)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut picture = || Planes {
+        height,
+        width,
+        data: (0..3 * height * width)
+            .map(|_| rng.random_range(0.0..255.0))
+            .collect(),
+    };
+    let (content, style) = (picture(), picture());
+    let opts = StyleOptions {
+        height,
+        ..Default::default()
+    };
+    let s = Stylizer::new(
+        &net,
+        Preprocessing::Imagenet,
+        &content,
+        &style,
+        &opts,
+        device,
+    )?;
+    let x = content.to_tensor(device)?;
+    timed(
+        || {
+            s.loss_and_gradient(&x)?;
+            device.synchronize()?;
+            Ok(())
+        },
+        1,
+        steps,
+    )
+}
+
 /// Prepares a corpus file the way training does; returns (characters, windows, peak
 /// resident memory in bytes of this process so far, if the OS tells).
 pub fn text_prepare(text: &str) -> Result<(usize, usize, Option<u64>)> {

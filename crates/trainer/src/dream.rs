@@ -122,11 +122,26 @@ impl Planes {
     /// From interleaved RGB in [0, 1] (what `imageio::to_rgb` gives) to planes in the
     /// book's [-1, 1].
     pub fn from_rgb01(rgb: &[f32], width: usize, height: usize) -> Self {
+        Self::from_interleaved(rgb, width, height, |v| v * 2.0 - 1.0)
+    }
+
+    /// Back to interleaved RGB in [0, 1], clipped (the book's de-processing).
+    pub fn to_rgb01(&self) -> Vec<f32> {
+        self.to_interleaved(|v| ((v + 1.0) * 0.5).clamp(0.0, 1.0))
+    }
+
+    /// Planes of `f(v)` for interleaved RGB values `v`.
+    pub fn from_interleaved(
+        rgb: &[f32],
+        width: usize,
+        height: usize,
+        f: impl Fn(f32) -> f32,
+    ) -> Self {
         let n = width * height;
         let mut data = vec![0.0; 3 * n];
         for (i, px) in rgb.chunks_exact(3).enumerate() {
             for c in 0..3 {
-                data[c * n + i] = px[c] * 2.0 - 1.0;
+                data[c * n + i] = f(px[c]);
             }
         }
         Self {
@@ -136,13 +151,13 @@ impl Planes {
         }
     }
 
-    /// Back to interleaved RGB in [0, 1], clipped (the book's de-processing).
-    pub fn to_rgb01(&self) -> Vec<f32> {
+    /// Interleaved RGB of `f(v)` for the planes' values `v`.
+    pub fn to_interleaved(&self, f: impl Fn(f32) -> f32) -> Vec<f32> {
         let n = self.width * self.height;
         let mut out = vec![0.0; 3 * n];
         for i in 0..n {
             for c in 0..3 {
-                out[3 * i + c] = ((self.data[c * n + i] + 1.0) * 0.5).clamp(0.0, 1.0);
+                out[3 * i + c] = f(self.data[c * n + i]);
             }
         }
         out
@@ -207,7 +222,7 @@ impl Planes {
             .for_each(|(a, b)| *a += b);
     }
 
-    fn to_tensor(&self, device: &Device) -> Result<Tensor> {
+    pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
         Ok(Tensor::from_slice(
             &self.data,
             (1, 3, self.height, self.width),
@@ -215,7 +230,7 @@ impl Planes {
         )?)
     }
 
-    fn from_tensor(t: &Tensor) -> Result<Self> {
+    pub fn from_tensor(t: &Tensor) -> Result<Self> {
         let (_, _, height, width) = t.dims4()?;
         Ok(Self {
             height,

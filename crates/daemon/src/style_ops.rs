@@ -1,0 +1,92 @@
+//! Style-transfer requests: checked and prepared on the async side (decoding, resizing,
+//! weights resolution), run on the device worker, streamed back.
+
+use oneiro_proto::v1 as pb;
+use oneiro_trainer::backbones::{Network, ResolvedWeights};
+use oneiro_trainer::dream::Planes;
+use oneiro_trainer::imageio;
+use oneiro_trainer::style::{
+    LossParts, STYLE_LAYERS, StyleOptions, pixels_from_rgb01, pixels_to_rgb01, target_size,
+};
+
+use crate::config::DaemonConfig;
+use crate::dream_ops::{decode_image, resolve_weights};
+use crate::error::ServiceError;
+
+/// A style transfer ready for the device: both pictures as pixel planes at the generated
+/// image's size.
+pub struct StylePlan {
+    pub content: Planes,
+    pub style: Planes,
+    pub options: StyleOptions,
+    pub weights: ResolvedWeights,
+}
+
+/// Checks a request and prepares everything but the network (blocking).
+pub fn plan(req: pb::StyleRequest, config: &DaemonConfig) -> Result<StylePlan, ServiceError> {
+    let d = StyleOptions::default();
+    let options = StyleOptions {
+        content_weight: req.content_weight.unwrap_or(d.content_weight),
+        style_weight: req.style_weight.unwrap_or(d.style_weight),
+        total_variation_weight: req
+            .total_variation_weight
+            .unwrap_or(d.total_variation_weight),
+        rounds: req.rounds.map_or(d.rounds, |r| r as usize),
+        iterations: req.iterations.map_or(d.iterations, |i| i as usize),
+        height: req.height.map_or(d.height, |h| h as usize),
+        content_layer: if req.content_layer.trim().is_empty() {
+            d.content_layer
+        } else {
+            req.content_layer.trim().to_string()
+        },
+        style_layers: if req.style_layers.is_empty() {
+            STYLE_LAYERS.iter().map(|s| s.to_string()).collect()
+        } else {
+            req.style_layers
+                .iter()
+                .map(|s| s.trim().to_string())
+                .collect()
+        },
+    };
+    options.validate()?;
+    let content = decode_image(&req.content_image, "content image", config)?;
+    let style = decode_image(&req.style_image, "style image", config)?;
+    let (h, w) = target_size(
+        content.height() as usize,
+        content.width() as usize,
+        options.height,
+    )?;
+    if (h * w) as u64 > config.max_image_pixels {
+        return Err(ServiceError::InvalidArgument(format!(
+            "a {h}x{w} result is more than this daemon's limit of {} pixels (--max-image-pixels): ask for a smaller height",
+            config.max_image_pixels
+        )));
+    }
+    let resized = |img: &image::DynamicImage| {
+        pixels_from_rgb01(&imageio::to_rgb(img, w as u32, h as u32), w, h)
+    };
+    Ok(StylePlan {
+        content: resized(&content),
+        style: resized(&style),
+        options,
+        weights: resolve_weights(Network::Vgg19, req.weights, config)?,
+    })
+}
+
+pub fn loss(p: &LossParts) -> pb::StyleLoss {
+    pb::StyleLoss {
+        total: p.total(),
+        content: p.content,
+        style: p.style,
+        total_variation: p.total_variation,
+    }
+}
+
+/// Pixel planes (0–255) as a PNG for the wire.
+pub fn png(p: &Planes) -> Result<pb::Image, ServiceError> {
+    Ok(pb::Image {
+        png: imageio::encode_png(&pixels_to_rgb01(p), p.width as u32, p.height as u32, 3)?,
+        width: p.width as u32,
+        height: p.height as u32,
+    })
+}
