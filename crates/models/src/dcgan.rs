@@ -12,7 +12,7 @@
 //! PyTorch-style (`generator.conv1.weight` ...).
 
 use candle_core::{DType, Device, Result, Tensor, Var, bail};
-use oneiro_tensor_ops::bias::add_channel_bias;
+use oneiro_tensor_ops::bias::{add_channel_bias, add_channel_bias_relu};
 use oneiro_tensor_ops::conv::{Conv2dParams, ConvTranspose2dParams, conv_transpose2d, conv2d};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -266,19 +266,27 @@ impl Dcgan {
         let conv = |x: &Tensor, i: usize, p: Conv2dParams| {
             add_channel_bias(&conv2d(x, &g.get(i, false), p)?, &g.get(i + 1, false))
         };
-        let x = leaky(&conv(&x, 2, Conv2dParams::same(5))?, s)?;
+        // The same and LeakyReLU, bias and activation in one pass.
+        let conv_leaky = |x: &Tensor, i: usize, p: Conv2dParams| {
+            add_channel_bias_relu(
+                &conv2d(x, &g.get(i, false), p)?,
+                &g.get(i + 1, false),
+                s as f32,
+            )
+        };
+        let x = conv_leaky(&x, 2, Conv2dParams::same(5))?;
         let up = ConvTranspose2dParams {
             stride: 2,
             padding: 1,
             output_padding: 0,
         };
-        let x = add_channel_bias(
+        let x = add_channel_bias_relu(
             &conv_transpose2d(&x, &g.get(4, false), up)?,
             &g.get(5, false),
+            s as f32,
         )?;
-        let x = leaky(&x, s)?;
-        let x = leaky(&conv(&x, 6, Conv2dParams::same(5))?, s)?;
-        let x = leaky(&conv(&x, 8, Conv2dParams::same(5))?, s)?;
+        let x = conv_leaky(&x, 6, Conv2dParams::same(5))?;
+        let x = conv_leaky(&x, 8, Conv2dParams::same(5))?;
         conv(&x, 10, Conv2dParams::same(7))?.tanh()
     }
 
@@ -303,12 +311,16 @@ impl Dcgan {
         let s = self.config.leaky_slope;
         let valid = Conv2dParams::new(1, 0);
         let strided = Conv2dParams::new(2, 0);
-        let conv = |x: &Tensor, i: usize, p: Conv2dParams| {
-            add_channel_bias(&conv2d(x, &d.get(i, frozen), p)?, &d.get(i + 1, frozen))
+        let conv_leaky = |x: &Tensor, i: usize, p: Conv2dParams| {
+            add_channel_bias_relu(
+                &conv2d(x, &d.get(i, frozen), p)?,
+                &d.get(i + 1, frozen),
+                s as f32,
+            )
         };
-        let mut x = leaky(&conv(images, 0, valid)?, s)?;
+        let mut x = conv_leaky(images, 0, valid)?;
         for layer in 1..4 {
-            x = leaky(&conv(&x, 2 * layer, strided)?, s)?;
+            x = conv_leaky(&x, 2 * layer, strided)?;
         }
         let mut x = x.reshape((b, ()))?;
         if let Some(rng) = dropout {

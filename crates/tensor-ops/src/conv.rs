@@ -17,6 +17,8 @@
 //! register-tiled kernel (6 rows × 64 columns of accumulators; a portable loop without
 //! AVX-512), fed without materialising an im2col:
 //!
+//! - with a 1×1 kernel at stride 1 without padding, output pixels are the lanes and the
+//!   input planes are the product's rhs as they lie: `y_b = W · x_b`;
 //! - with few input or output channels (≤ 64 in, or < 16 out: the VAE, the first and last
 //!   layers of a GAN), output pixels are the vector lanes and the kernel reads the im2col
 //!   rows in place as shifted windows of zero-padded input planes (one plane per stride
@@ -38,6 +40,8 @@
 //! On other devices and dtypes the functions fall back to candle's own ops.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::pool::{self, PoolVec};
@@ -174,6 +178,13 @@ impl Geom {
 
     fn p_out(&self) -> usize {
         self.oh * self.ow
+    }
+
+    /// A 1×1 kernel at stride 1 without padding: every output pixel is its input pixel's
+    /// channels times the kernel.
+    fn is_pointwise(&self) -> bool {
+        (self.kh, self.kw, self.sh, self.sw, self.pt, self.pl) == (1, 1, 1, 1, 0, 0)
+            && (self.oh, self.ow) == (self.h, self.w)
     }
 }
 
@@ -555,6 +566,26 @@ impl Packed {
         }
         parts.into_par_iter().for_each(|(j0, w, part)| {
             let wpad = w.next_multiple_of(16);
+            if cs > 1 && rs == 1 {
+                // Columns lie along the source's rows: a transpose in 16 × 16 blocks (a
+                // gather of one float per cache line was ~1% of a DeepDream step).
+                assert!((j0 + w - 1) * cs + k <= src.len());
+                // SAFETY: source rows j0 .. j0 + w of k floats (asserted), destination k
+                // rows of wpad ≥ w floats; distinct buffers.
+                unsafe {
+                    transpose_raw(
+                        src.as_ptr().add(j0 * cs),
+                        cs,
+                        (w, k),
+                        part.as_mut_ptr(),
+                        wpad,
+                    )
+                };
+                for row in part.chunks_exact_mut(wpad) {
+                    row[w..].fill(0.0);
+                }
+                return;
+            }
             for (r, row) in part.chunks_exact_mut(wpad).enumerate() {
                 let (row, tail) = row.split_at_mut(w);
                 if cs == 1 {
@@ -779,21 +810,29 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
 
 /// The forward product.
 fn fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
-    let mut y = vec![0.0f32; g.b * g.cout * g.p_out()];
-    if y.is_empty() || g.k() == 0 {
-        return y;
+    let len = g.b * g.cout * g.p_out();
+    if len == 0 || g.k() == 0 {
+        return vec![0.0; len];
     }
+    // Every path writes every element of `y`, so it starts uninitialised: zeroing it was a
+    // memset of every output (part of the ~4% memset of a DeepDream step).
+    let mut out = Vec::with_capacity(len);
+    let y = &mut out.spare_capacity_mut()[..len];
     // With few input channels, or few output channels, the product over shifted windows
     // of padded planes needs neither im2col nor transposes. With many of both, the
     // channels-last product is faster (measured 20–40% at 128 and 256 channels: there the
     // shifted form's lhs, the unpacked kernel, streams from L3, and it computes the
     // padded width's extra columns); its vector lanes are output channels, at least 16.
-    if g.cin <= SHIFTED_MAX_CIN || g.cout < 16 {
-        fwd_shifted(g, x, w, &mut y);
+    if g.is_pointwise() {
+        fwd_pointwise(g, x, w, y);
+    } else if g.cin <= SHIFTED_MAX_CIN || g.cout < 16 {
+        fwd_shifted(g, x, w, y);
     } else {
-        fwd_channels_last(g, x, w, &mut y);
+        fwd_channels_last(g, x, w, y);
     }
-    y
+    // SAFETY: the product wrote all `len` elements (each path's contract).
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// Zero-padded input planes for the products with few input or output channels: with
@@ -825,22 +864,23 @@ impl Planes {
             .par_chunks_mut(sh * sw * plane)
             .zip(x.par_chunks(g.p_in()))
             .for_each(|(d, src)| {
-                d.fill(0.0);
+                // Only the padding is zeroed: clearing whole planes first cost as much as
+                // the copy (~5% of a DeepDream step between them).
                 for (phase, d) in d.chunks_exact_mut(plane).enumerate() {
                     let (py, px) = (phase / sw, phase % sw);
                     // Plane columns j whose input column sw · j + px - pl is in the image.
                     let j0 = g.pl.saturating_sub(px).div_ceil(sw);
                     let j1 = (g.w + g.pl).saturating_sub(px).div_ceil(sw).min(wp);
                     for i in 0..hp {
-                        let Some(iy) = (sh * i + py).checked_sub(g.pt).filter(|&iy| iy < g.h)
-                        else {
+                        let out = &mut d[i * wp..][..wp];
+                        let iy = (sh * i + py).checked_sub(g.pt).filter(|&iy| iy < g.h);
+                        let (Some(iy), true) = (iy, j0 < j1) else {
+                            out.fill(0.0);
                             continue;
                         };
+                        out[..j0].fill(0.0);
+                        out[j1..].fill(0.0);
                         let row = &src[iy * g.w..][..g.w];
-                        let out = &mut d[i * wp..][..wp];
-                        if j0 >= j1 {
-                            continue;
-                        }
                         let ix0 = sw * j0 + px - g.pl;
                         if sw == 1 {
                             out[j0..j1].copy_from_slice(&row[ix0..ix0 + j1 - j0]);
@@ -877,8 +917,9 @@ impl Planes {
 }
 
 /// `y (cout × pixels) = W (cout × k) · col (k × pixels)` over panels of 64 pixels of the
-/// padded width, with `col` read from [`Planes`] in place.
-fn fwd_shifted(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
+/// padded width, with `col` read from [`Planes`] in place. Writes every element of `y`
+/// (as do the other forward products).
+fn fwd_shifted(g: &Geom, x: &[f32], w: &[f32], y: &mut [MaybeUninit<f32>]) {
     let (k, cout, p_out) = (g.k(), g.cout, g.p_out());
     let planes = Planes::new(g, x);
     let (wp, grid) = (planes.wp, g.oh * planes.wp);
@@ -890,7 +931,7 @@ fn fwd_shifted(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
                 .map(move |q0| (b, q0, NR.min(grid - q0)))
         })
         .collect();
-    let yp = SendPtr(y.as_mut_ptr());
+    let yp = SendPtr(y.as_mut_ptr().cast());
     let y_len = y.len();
     items.into_par_iter().for_each(|(b, q0, nq)| {
         let base = &planes.data[b * planes.image(g) + q0..];
@@ -937,6 +978,65 @@ fn fwd_shifted(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
     });
 }
 
+/// `y_b (cout × pixels) = W (cout × cin) · x_b (cin × pixels)` per image, for a 1×1
+/// kernel at stride 1 without padding: the rows of `x_b` are the kernel's rhs rows as
+/// they lie (pixels in the lanes), so there is nothing to reorder or pad, and the product
+/// writes straight into `y`. InceptionV3 has a dozen such layers with hundreds of input
+/// channels, several reading the same input; through the channels-last product each
+/// transposed its input and output (~9% of a DeepDream step).
+fn fwd_pointwise(g: &Geom, x: &[f32], w: &[f32], y: &mut [MaybeUninit<f32>]) {
+    let (cin, cout, p) = (g.cin, g.cout, g.p_in());
+    // Items of up to PW_PANELS panels of pixels times a block of output channels: enough
+    // items to keep the threads balanced (a 17×17 image has five panels), each sweeping its
+    // slice of W once per panel.
+    const PW_PANELS: usize = 4;
+    let panels = p.div_ceil(NR);
+    let pblocks: Vec<(usize, usize)> = (0..panels)
+        .step_by(PW_PANELS)
+        .map(|j| (j * NR, (PW_PANELS * NR).min(p - j * NR)))
+        .collect();
+    let want = 4 * rayon::current_num_threads();
+    let splits = want
+        .div_ceil(g.b * pblocks.len())
+        .min(cout.div_ceil(4 * MR))
+        .max(1);
+    let rows = cout.div_ceil(splits).next_multiple_of(MR);
+    let items: Vec<(usize, usize, usize, usize, usize)> = (0..g.b)
+        .flat_map(|b| {
+            pblocks.iter().flat_map(move |&(q0, nq)| {
+                (0..cout)
+                    .step_by(rows)
+                    .map(move |co0| (b, q0, nq, co0, rows.min(cout - co0)))
+            })
+        })
+        .collect();
+    let yp = SendPtr(y.as_mut_ptr().cast());
+    assert!(x.len() == g.b * cin * p && y.len() == g.b * cout * p && w.len() == cout * cin);
+    items.into_par_iter().for_each(|(b, q0, nq, co0, m)| {
+        let xb = &x[b * cin * p..][..cin * p];
+        for q in (q0..q0 + nq).step_by(NR) {
+            let n = NR.min(q0 + nq - q);
+            for k0 in (0..cin).step_by(KC) {
+                let kc = KC.min(cin - k0);
+                // SAFETY: rows co0 .. co0 + m of image b, columns q .. q + n: inside y
+                // (asserted); items write disjoint (channel block, pixel block) parts.
+                unsafe {
+                    gemm_panel(&Gemm {
+                        m,
+                        n,
+                        kc,
+                        a: Lhs::Strided(&w[co0 * cin + k0..], cin),
+                        b: Rhs::Packed(&xb[k0 * p + q..], p),
+                        c: yp.get().add((b * cout + co0) * p + q),
+                        c_rs: p,
+                        acc: k0 > 0,
+                    })
+                };
+            }
+        }
+    });
+}
+
 /// Input channels up to which the forward uses [`fwd_shifted`].
 const SHIFTED_MAX_CIN: usize = 64;
 
@@ -948,7 +1048,7 @@ static ZEROS: [f32; KC] = [0.0; KC];
 /// the rows of `col^T` where they are: for one tap and a block of channels, the row of an
 /// output pixel is a run of its input pixel's channels (or zeros in the padding), so no
 /// im2col is built; each kernel call covers one tap and up to [`KC`] channels.
-fn fwd_channels_last(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
+fn fwd_channels_last(g: &Geom, x: &[f32], w: &[f32], y: &mut [MaybeUninit<f32>]) {
     let (taps, k, cin, cout, p_out) = (g.taps(), g.k(), g.cin, g.cout, g.p_out());
     let xt = to_channels_last(x, g.b, cin, g.p_in());
     let wt = taps_major(w, g);
@@ -960,7 +1060,7 @@ fn fwd_channels_last(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32]) {
                 .map(move |(p0, np)| (b, p0, np))
         })
         .collect();
-    let yp = SendPtr(y.as_mut_ptr());
+    let yp = SendPtr(y.as_mut_ptr().cast());
     let y_len = y.len();
     items.into_par_iter().for_each(|(b, p0, np)| {
         let xt_b = &xt[b * g.p_in() * cin..][..g.p_in() * cin];
@@ -1033,6 +1133,12 @@ fn bwd_data(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
         };
         let taps = g.taps();
         let mut wf = pool::take(w.len());
+        if taps == 1 {
+            // A plain transpose, in blocks: the gather below reads one float per cache
+            // line of a large 1×1 kernel.
+            transpose(w, g.cout, g.cin, &mut wf);
+            return fwd(&gg, dy, &wf);
+        }
         // wf[ci, co, t'] = w[co, ci, taps - 1 - t'] (flipping both axes reverses the taps).
         wf.par_chunks_mut(g.cout * taps)
             .enumerate()
@@ -1480,8 +1586,8 @@ impl Lhs<'_> {
 
 /// The rhs of a [`Gemm`]: row `p` starts at `b[p · rs]` (`Packed`: a panel) or at
 /// `base[offs[p]]` (`Shifted`: windows of zero-padded input planes, each row a tap's
-/// view of a run of output pixels). Rows are read a whole vector at a time: up to the
-/// next multiple of 16 columns must be readable.
+/// view of a run of output pixels). The last vector of a row is read under a mask, so
+/// only the `n` columns need be readable: a panel can end where its buffer does.
 #[derive(Clone, Copy)]
 enum Rhs<'a> {
     Packed(&'a [f32], usize),
@@ -1528,11 +1634,11 @@ unsafe fn gemm_panel(g: &Gemm) {
             Lhs::Strided(a, rs) => assert!((g.m - 1) * rs + g.kc <= a.len()),
             Lhs::Rows(rows) => assert!(rows.len() >= g.m && rows.iter().all(|r| r.len() >= g.kc)),
         }
-        let width = g.n.next_multiple_of(16);
+        let n = g.n;
         match g.b {
-            Rhs::Packed(b, rs) => assert!(rs >= width && (g.kc - 1) * rs + width <= b.len()),
+            Rhs::Packed(b, rs) => assert!(rs >= n && (g.kc - 1) * rs + n <= b.len()),
             Rhs::Shifted(base, offs) => {
-                assert!(offs.len() >= g.kc && offs[..g.kc].iter().all(|&o| o + width <= base.len()))
+                assert!(offs.len() >= g.kc && offs[..g.kc].iter().all(|&o| o + n <= base.len()))
             }
         }
     }
@@ -1717,12 +1823,12 @@ mod avx512 {
     }
 
     /// `c (R × 16·V) [+]= a (R × kc) · b (kc × 16·V)` in `R · V` zmm accumulators; the
-    /// last vector of each `c` row is loaded and stored under `mask`. 6 × 4 accumulators,
+    /// last vector of each `b` and `c` row is loaded (and stored) under `mask`. 6 × 4 accumulators,
     /// 4 `b` vectors and a broadcast fill 29 of the 32 registers, and each step of `kc`
     /// issues 24 FMAs for 10 loads, which keeps both FMA ports busy.
     ///
     /// # Safety
-    /// The CPU must have AVX-512F; `a[i][p]`, `b.row(p)[j]` (j < 16·V) and the unmasked
+    /// The CPU must have AVX-512F; `a[i][p]`, and the unmasked `b.row(p)[j]` and
     /// `c[i · c_rs + j]` must be in bounds for i < R, p < kc.
     #[allow(clippy::too_many_arguments)]
     #[inline]
@@ -1742,8 +1848,15 @@ mod avx512 {
             let row = unsafe { b.row(p) };
             let mut bv = [_mm512_setzero_ps(); V];
             for (v, x) in bv.iter_mut().enumerate() {
-                // SAFETY: 16·v + 15 < 16·V: in bounds by the contract.
-                *x = unsafe { _mm512_loadu_ps(row.add(16 * v)) };
+                // SAFETY: the lanes under the mask are in bounds by the contract (masked-off
+                // lanes are not read).
+                *x = unsafe {
+                    if v + 1 == V {
+                        _mm512_maskz_loadu_ps(mask, row.add(16 * v))
+                    } else {
+                        _mm512_loadu_ps(row.add(16 * v))
+                    }
+                };
             }
             for (i, row) in sum.iter_mut().enumerate() {
                 // SAFETY: i < R, p < kc: in bounds by the contract.
@@ -1883,7 +1996,7 @@ mod tests {
     /// panels, masked panel tails and k-blocks; data gradients by gather (stride 1) and
     /// scatter (whole images, and channel-block items at 128 channels); weight gradients by
     /// dot products (few output channels, one input channel) and by product, one with
-    /// several items per image.
+    /// several items per image; and the pointwise product of 1×1 kernels.
     type ConvCase = (
         usize,
         usize,
@@ -1911,6 +2024,14 @@ mod tests {
         (2, 20, 70, 20, 17, 3, 3, (1, 1), [1, 1, 1, 1]),
         (1, 3, 520, 20, 17, 3, 3, (1, 1), [1, 1, 1, 1]),
         (2, 32, 64, 28, 28, 3, 3, (2, 2), [0, 1, 0, 1]),
+        // 1×1 at stride 1 (the pointwise product, forward and data gradient): a panel
+        // and a ragged tail over 143 pixels, depth over a k-block, one short panel,
+        // and few channels.
+        (2, 150, 70, 13, 11, 1, 1, (1, 1), [0, 0, 0, 0]),
+        (1, 200, 40, 5, 7, 1, 1, (1, 1), [0, 0, 0, 0]),
+        (3, 20, 7, 9, 9, 1, 1, (1, 1), [0, 0, 0, 0]),
+        // Channels-last both ways with two kernel panels, the second ragged.
+        (2, 70, 80, 6, 5, 3, 3, (1, 1), [1, 1, 1, 1]),
     ];
 
     /// Unequal strides, which candle cannot run: checked against the direct loop only.

@@ -249,6 +249,13 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, g: &Geom, plane: usize) -> Resul
     Ok(&s.as_slice::<f32>()?[start..end])
 }
 
+/// `b` if it is larger or a NaN, else `a`: a running maximum that keeps the first of
+/// equals and propagates NaN, as [`argmax`] does.
+#[inline]
+fn nan_max(a: f32, b: f32) -> f32 {
+    if b > a || b.is_nan() { b } else { a }
+}
+
 /// The index (in the plane) of the first maximum of window `(oy, ox)`; a NaN wins.
 #[inline]
 fn argmax(g: &Geom, x: &[f32], oy: usize, ox: usize) -> usize {
@@ -279,15 +286,32 @@ impl CustomOp1 for MaxPool {
         let x = f32_slice(s, l, g, g.plane_in())?;
         let (n, c) = (l.dims()[0], l.dims()[1]);
         let mut y = vec![0f32; n * c * g.plane_out()];
+        // Separable: every input row's maxima under each window's columns, then those of
+        // each window's rows, in scan order within both (so the value is the first
+        // maximum's, as [`argmax`] finds it), a vectorisable pass along rows for the
+        // second. (The window-by-window scan took ~2% of a DeepDream step.)
         y.par_chunks_mut(g.plane_out())
             .zip(x.par_chunks(g.plane_in()))
-            .for_each(|(y, x)| {
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        y[oy * g.ow + ox] = x[argmax(g, x, oy, ox)];
+            .for_each_init(
+                || vec![0f32; g.h * g.ow],
+                |hm, (y, x)| {
+                    for (row, out) in x.chunks_exact(g.w).zip(hm.chunks_exact_mut(g.ow)) {
+                        for (ox, o) in out.iter_mut().enumerate() {
+                            let (c0, c1) = g.cols(ox);
+                            *o = row[c0 + 1..c1].iter().fold(row[c0], |m, &v| nan_max(m, v));
+                        }
                     }
-                }
-            });
+                    for (oy, out) in y.chunks_exact_mut(g.ow).enumerate() {
+                        let (r0, r1) = g.rows(oy);
+                        out.copy_from_slice(&hm[r0 * g.ow..][..g.ow]);
+                        for r in r0 + 1..r1 {
+                            for (o, &v) in out.iter_mut().zip(&hm[r * g.ow..][..g.ow]) {
+                                *o = nan_max(*o, v);
+                            }
+                        }
+                    }
+                },
+            );
         Ok((CpuStorage::F32(y), Shape::from((n, c, g.oh, g.ow))))
     }
 
@@ -345,6 +369,87 @@ fn count(g: &Geom, include_pad: bool, (r0, r1): (usize, usize), (c0, c1): (usize
     }
 }
 
+/// Per-row and per-column factors whose product is one over window `(oy, ox)`'s divisor:
+/// the count of real pixels is (rows) × (columns).
+fn divisors(g: &Geom, include_pad: bool) -> (Vec<f32>, Vec<f32>) {
+    if include_pad {
+        let all = 1.0 / (g.kh * g.kw) as f32;
+        return (vec![all; g.oh], vec![1.0; g.ow]);
+    }
+    let rs = (0..g.oh)
+        .map(|oy| {
+            let (r0, r1) = g.rows(oy);
+            1.0 / (r1 - r0) as f32
+        })
+        .collect();
+    let cs = (0..g.ow)
+        .map(|ox| {
+            let (c0, c1) = g.cols(ox);
+            1.0 / (c1 - c0) as f32
+        })
+        .collect();
+    (rs, cs)
+}
+
+/// A stride-1 box sum, `dst[oy, ox] = rs[oy] · cs[ox] · Σ src[oy + a - pt, ox + c - pl]`
+/// over `a < kh`, `c < kw` inside `src`, as two passes whose inner loops run along rows
+/// and vectorise: the window's rows added into a zero-bordered row, then that row's
+/// `kw` shifts added. (The per-window loop it replaces took ~5% of a DeepDream step
+/// forward, as much again backward.)
+struct BoxSum {
+    src: (usize, usize),
+    k: (usize, usize),
+    pad: (usize, usize),
+    dst: (usize, usize),
+}
+
+impl BoxSum {
+    /// Every plane of `src` into the matching plane of `dst`.
+    fn planes(&self, src: &[f32], dst: &mut [f32], rs: &[f32], cs: &[f32]) {
+        let ((h, w), (kh, kw), (pt, pl), (oh, ow)) = (self.src, self.k, self.pad, self.dst);
+        assert!(rs.len() == oh && cs.len() == ow);
+        // The zero-bordered row: input column j at pl + j, output column ox reads
+        // ox .. ox + kw.
+        let len = (ow + kw - 1).max(pl + w);
+        dst.par_chunks_mut(oh * ow)
+            .zip(src.par_chunks(h * w))
+            .for_each_init(
+                || vec![0f32; len],
+                |row, (dst, src)| {
+                    row.fill(0.0);
+                    for oy in 0..oh {
+                        let mid = &mut row[pl..pl + w];
+                        // Input rows oy - pt .. oy - pt + kh, clipped.
+                        let r0 = oy.saturating_sub(pt);
+                        let r1 = (oy + kh).saturating_sub(pt).min(h);
+                        match (r0..r1).next() {
+                            None => mid.fill(0.0),
+                            Some(r) => {
+                                mid.copy_from_slice(&src[r * w..][..w]);
+                                for r in r0 + 1..r1 {
+                                    for (m, &v) in mid.iter_mut().zip(&src[r * w..][..w]) {
+                                        *m += v;
+                                    }
+                                }
+                            }
+                        }
+                        let out = &mut dst[oy * ow..][..ow];
+                        out.copy_from_slice(&row[..ow]);
+                        for c in 1..kw {
+                            for (o, &v) in out.iter_mut().zip(&row[c..c + ow]) {
+                                *o += v;
+                            }
+                        }
+                        let r = rs[oy];
+                        for (o, &c) in out.iter_mut().zip(cs) {
+                            *o *= r * c;
+                        }
+                    }
+                },
+            );
+    }
+}
+
 /// [`avg_pool2d`] on the CPU.
 struct AvgPool {
     g: Geom,
@@ -361,6 +466,17 @@ impl CustomOp1 for AvgPool {
         let x = f32_slice(s, l, g, g.plane_in())?;
         let (n, c) = (l.dims()[0], l.dims()[1]);
         let mut y = vec![0f32; n * c * g.plane_out()];
+        if (g.sh, g.sw) == (1, 1) {
+            let (rs, cs) = divisors(g, self.count_include_pad);
+            let k = BoxSum {
+                src: (g.h, g.w),
+                k: (g.kh, g.kw),
+                pad: (g.pt, g.pl),
+                dst: (g.oh, g.ow),
+            };
+            k.planes(x, &mut y, &rs, &cs);
+            return Ok((CpuStorage::F32(y), Shape::from((n, c, g.oh, g.ow))));
+        }
         y.par_chunks_mut(g.plane_out())
             .zip(x.par_chunks(g.plane_in()))
             .for_each(|(y, x)| {
@@ -403,6 +519,39 @@ impl CustomOp1 for AvgPoolGrad {
         let dy = f32_slice(s, l, g, g.plane_out())?;
         let (n, c) = (l.dims()[0], l.dims()[1]);
         let mut dx = vec![0f32; n * c * g.plane_in()];
+        if (g.sh, g.sw) == (1, 1) {
+            // The transposed box filter is the box filter with the padding mirrored,
+            // applied to `dy` over the divisors.
+            let k = BoxSum {
+                src: (g.oh, g.ow),
+                k: (g.kh, g.kw),
+                pad: (g.kh - 1 - g.pt, g.kw - 1 - g.pl),
+                dst: (g.h, g.w),
+            };
+            let (rs, cs) = divisors(g, self.count_include_pad);
+            if self.count_include_pad {
+                // One divisor: applied after the sum, saving a pass.
+                k.planes(dy, &mut dx, &vec![rs[0]; g.h], &vec![cs[0]; g.w]);
+            } else {
+                let mut scaled = vec![0f32; dy.len()];
+                scaled
+                    .par_chunks_mut(g.plane_out())
+                    .zip(dy.par_chunks(g.plane_out()))
+                    .for_each(|(d, s)| {
+                        for (oy, (d, s)) in d
+                            .chunks_exact_mut(g.ow)
+                            .zip(s.chunks_exact(g.ow))
+                            .enumerate()
+                        {
+                            for ((d, &s), &c) in d.iter_mut().zip(s).zip(&cs) {
+                                *d = s * rs[oy] * c;
+                            }
+                        }
+                    });
+                k.planes(&scaled, &mut dx, &vec![1.0; g.h], &vec![1.0; g.w]);
+            }
+            return Ok((CpuStorage::F32(dx), Shape::from((n, c, g.h, g.w))));
+        }
         dx.par_chunks_mut(g.plane_in())
             .zip(dy.par_chunks(g.plane_out()))
             .for_each(|(dx, dy)| {
@@ -580,6 +729,17 @@ mod tests {
             stride: (1, 2),
             padding: [1, 0, 0, 2],
         });
+        // Stride 1 (the separable box sum) with asymmetric padding.
+        ps.push(Pool2dParams {
+            kernel: (2, 3),
+            stride: (1, 1),
+            padding: [1, 0, 0, 2],
+        });
+        ps.push(Pool2dParams {
+            kernel: (3, 2),
+            stride: (1, 1),
+            padding: [0, 2, 1, 0],
+        });
         ps.sort_by_key(|p| format!("{p:?}"));
         ps.dedup();
         ps
@@ -606,6 +766,23 @@ mod tests {
                     assert!(max_diff(&ours, &want) < 1e-6, "{dims:?} {p:?} {incl}");
                     assert!(max_diff(&comp, &want) < 1e-6, "{dims:?} {p:?} {incl}");
                 }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn max_pool_propagates_nan() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut xv = noise(2 * 7 * 9, 21);
+        xv[3 * 9 + 4] = f32::NAN;
+        let x = Tensor::from_vec(xv, (1, 2, 7, 9), &dev)?;
+        for p in [Pool2dParams::new(3, 2, 0), Pool2dParams::new(2, 1, 1)] {
+            let y = vec4(&max_pool2d(&x, p)?);
+            let win = windows((1, 2, 7, 9), p);
+            for (o, w) in win.iter().enumerate() {
+                let has = w.contains(&Some(3 * 9 + 4));
+                assert_eq!(y[o].is_nan(), has, "{p:?} output {o}");
             }
         }
         Ok(())
@@ -738,6 +915,14 @@ mod tests {
                     kernel: (3, 2),
                     stride: (3, 1),
                     padding: [1, 2, 0, 1],
+                },
+            ),
+            (
+                (2, 2, 5, 6),
+                Pool2dParams {
+                    kernel: (2, 3),
+                    stride: (1, 1),
+                    padding: [1, 0, 0, 2],
                 },
             ),
         ]
