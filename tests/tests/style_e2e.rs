@@ -94,6 +94,13 @@ async fn style_transfer_streams_rounds_and_refuses_bad_requests() {
         s.weights
     );
     assert!(s.preprocessing.contains("0.485"), "{}", s.preprocessing);
+    // The book's content weight, scaled for torchvision's input; the style weight as given.
+    assert!(
+        s.loss_weights.contains("content x3321"),
+        "{}",
+        s.loss_weights
+    );
+    assert!((s.content_weight - 0.025 * 3321.2).abs() < 0.1 && s.style_weight == 1e4);
     // Height 20, the content's aspect: 30 × 20 / 24 = 25.
     assert_eq!((s.height, s.width), (20, 25));
     let mut losses = vec![s.initial_loss.as_ref().unwrap().total];
@@ -126,6 +133,7 @@ async fn style_transfer_streams_rounds_and_refuses_bad_requests() {
     };
     assert!(!s.pretrained && s.weights.contains("NOT pretrained"));
     assert!(s.preprocessing.contains("BGR"), "{}", s.preprocessing);
+    assert_eq!(s.loss_weights, "the book's loss weights");
 
     // Errors, each naming the problem.
     let random = || pb::backbone_weights::Source::RandomSeed(1);

@@ -83,6 +83,7 @@ pub async fn run(client: &mut Client, a: StyleArgs, embedded: bool) -> Result<()
         match ev.event {
             Some(Event::Start(s)) => {
                 eprintln!("{}", s.weights);
+                eprintln!("loss weights: {}", s.loss_weights);
                 eprintln!(
                     "{}x{} (height x width), weights content {} style {} variation {}; start: {}",
                     s.height,

@@ -20,12 +20,14 @@ pub struct StylePlan {
     pub style: Planes,
     pub options: StyleOptions,
     pub weights: ResolvedWeights,
+    /// Where the loss weights come from, for the user.
+    pub preset: String,
 }
 
 /// Checks a request and prepares everything but the network (blocking).
 pub fn plan(req: pb::StyleRequest, config: &DaemonConfig) -> Result<StylePlan, ServiceError> {
     let d = StyleOptions::default();
-    let options = StyleOptions {
+    let mut options = StyleOptions {
         content_weight: req.content_weight.unwrap_or(d.content_weight),
         style_weight: req.style_weight.unwrap_or(d.style_weight),
         total_variation_weight: req
@@ -49,6 +51,27 @@ pub fn plan(req: pb::StyleRequest, config: &DaemonConfig) -> Result<StylePlan, S
         },
     };
     options.validate()?;
+    let weights = resolve_weights(Network::Vgg19, req.weights, config)?;
+    // The book's loss weights, scaled for the network's input where not given.
+    let (content_scale, style_scale) = StyleOptions::book_weights_for(weights.preprocessing);
+    let mut preset = Vec::new();
+    if req.content_weight.is_none() && content_scale != 1.0 {
+        options.content_weight = (d.content_weight as f64 * content_scale) as f32;
+        preset.push(format!("content x{content_scale:.4}"));
+    }
+    if req.style_weight.is_none() && style_scale != 1.0 {
+        options.style_weight = (d.style_weight as f64 * style_scale) as f32;
+        preset.push(format!("style x{style_scale:.4e}"));
+    }
+    let preset = if preset.is_empty() {
+        "the book's loss weights".to_string()
+    } else {
+        format!(
+            "the book's loss weights scaled for {} input ({}), as for a network that answers like Keras' Caffe VGG19 up to input scale",
+            weights.preprocessing.name(),
+            preset.join(", ")
+        )
+    };
     let content = decode_image(&req.content_image, "content image", config)?;
     let style = decode_image(&req.style_image, "style image", config)?;
     let (h, w) = target_size(
@@ -69,7 +92,8 @@ pub fn plan(req: pb::StyleRequest, config: &DaemonConfig) -> Result<StylePlan, S
         content: resized(&content),
         style: resized(&style),
         options,
-        weights: resolve_weights(Network::Vgg19, req.weights, config)?,
+        weights,
+        preset,
     })
 }
 

@@ -700,6 +700,7 @@ impl Worker {
             style_weight: o.style_weight,
             total_variation_weight: o.total_variation_weight,
             initial_loss: Some(crate::style_ops::loss(&initial)),
+            loss_weights: plan.preset.clone(),
         }))?;
         let stopping = self.stopping.clone();
         let result = stylizer.run(&plan.content, &mut |e| {

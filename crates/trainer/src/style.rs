@@ -55,7 +55,34 @@ impl Default for StyleOptions {
     }
 }
 
+/// The book's loss weights were tuned on Keras' Caffe VGG19, fed 0–255 BGR pixels minus
+/// the means. Feature maps of a ReLU network grow linearly with its input's scale, so a
+/// network fed torchvision's normalisation (pixels / 255 / std ≈ pixels / 57.6) sees
+/// inputs 57.6× smaller: its content term (squared features) shrinks by 57.6², its style
+/// term (squared Gram matrices) by 57.6⁴, and the total-variation term (on the 0–255
+/// pixels) not at all. Measured on one seeded VGG19 and the same pictures, Caffe vs
+/// torchvision scaling: style term 1.065e8 vs 7.68 (1.39e7×; 57.63⁴ = 1.10e7); with the
+/// weights scaled as [`StyleOptions::book_weights_for`] does, 8.47e7 vs 1.065e8, and after
+/// two rounds the parts (content, style, variation) are 7.5e5, 9.5e5, 8.1e4 vs 1.07e6,
+/// 1.15e6, 9.4e4: the same balance.
+pub const IMAGENET_INPUT_SCALE: f64 = 255.0 * (0.229 + 0.224 + 0.225) / 3.0;
+
 impl StyleOptions {
+    /// The book's weights for a network fed `preprocessing`: as they are for Caffe
+    /// scaling; for the others the content weight × s² and the style weight × s⁴, with
+    /// `s` how much smaller their inputs are (see [`IMAGENET_INPUT_SCALE`]), so that a
+    /// network answering like the Caffe one up to input scale keeps the book's balance.
+    /// Returns the scale factors applied (content, style).
+    pub fn book_weights_for(preprocessing: Preprocessing) -> (f64, f64) {
+        let s = match preprocessing {
+            Preprocessing::Caffe => 1.0,
+            Preprocessing::Imagenet => IMAGENET_INPUT_SCALE,
+            // [-1, 1]: pixels / 127.5.
+            Preprocessing::Inception => 127.5,
+        };
+        (s * s, s.powi(4))
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::invalid(m));
         for (name, w) in [
@@ -379,6 +406,20 @@ mod tests {
         let tv = scalar(&total_variation_loss(&t(&v, (1, 3, 2, 3))).unwrap());
         let want = 2.0 * 5f64.powf(1.25);
         assert!((tv - want).abs() < 1e-4, "{tv} vs {want}");
+    }
+
+    #[test]
+    fn book_weights_scale_with_the_input_scaling() {
+        assert_eq!(
+            StyleOptions::book_weights_for(Preprocessing::Caffe),
+            (1.0, 1.0)
+        );
+        let (c, s) = StyleOptions::book_weights_for(Preprocessing::Imagenet);
+        assert!((IMAGENET_INPUT_SCALE - 57.63).abs() < 0.01);
+        assert!(
+            (c - 3321.2).abs() < 0.1 && (s / 1.1030e7 - 1.0).abs() < 1e-3,
+            "{c} {s}"
+        );
     }
 
     #[test]
