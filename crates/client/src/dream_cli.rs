@@ -66,13 +66,16 @@ pub struct DreamArgs {
     /// Seed for --random-layers and --random-weights.
     #[arg(long)]
     seed: Option<u64>,
+    /// Scales processed, the original included [3].
     #[arg(long)]
     octaves: Option<u32>,
+    /// Size ratio between successive octaves [1.4].
     #[arg(long)]
     octave_scale: Option<f32>,
+    /// Gradient-ascent step on the normalised gradient, pixels in [-1, 1] [0.01].
     #[arg(long)]
     step: Option<f32>,
-    /// Ascent iterations per octave.
+    /// Ascent iterations per octave [20].
     #[arg(long)]
     iterations: Option<u32>,
     /// Stop an octave once the loss exceeds this [10].
