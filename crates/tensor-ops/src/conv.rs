@@ -737,6 +737,30 @@ struct PackedCache(Mutex<Vec<PackedEntry>>);
 
 static PACKED: PackedCache = PackedCache(Mutex::new(Vec::new()));
 
+/// Frozen kernels packed once and not cached yet, newest last. A kernel is cached the
+/// second time it is packed: a frozen network passes the same tensors every step, while a
+/// GAN's frozen discriminator detaches fresh tensors every step, which would otherwise
+/// fill the cache with kernels no call asks for again.
+static SEEN_ONCE: Mutex<Vec<(TensorId, bool)>> = Mutex::new(Vec::new());
+
+/// How many once-packed kernels [`SEEN_ONCE`] remembers (ids only).
+const SEEN_ONCE_MAX: usize = 4096;
+
+/// Whether `k` was packed before; remembers it otherwise.
+fn packed_before(k: &WeightKey<'_>) -> bool {
+    let mut seen = SEEN_ONCE.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (k.id, k.flipped);
+    if let Some(i) = seen.iter().position(|s| *s == key) {
+        seen.remove(i);
+        return true;
+    }
+    if seen.len() >= SEEN_ONCE_MAX {
+        seen.remove(0);
+    }
+    seen.push(key);
+    false
+}
+
 impl PackedCache {
     fn get(&self, g: &Geom, k: &WeightKey<'_>) -> Option<Arc<Packed>> {
         let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -775,7 +799,7 @@ impl PackedCache {
 }
 
 /// The packed kernel of `g`, from [`PACKED`] where the kernel is frozen (`key`), else
-/// from `make` (whose result is then cached). The lock is not held while packing, which
+/// from `make` (whose result is cached when the kernel is packed a second time). The lock is not held while packing, which
 /// runs on the thread pool.
 fn packed_weights(
     g: &Geom,
@@ -789,7 +813,9 @@ fn packed_weights(
         return p;
     }
     let p = Arc::new(make());
-    PACKED.put(g, &k, p.clone());
+    if packed_before(&k) {
+        PACKED.put(g, &k, p.clone());
+    }
     p
 }
 
@@ -2400,7 +2426,9 @@ mod tests {
             }
             let v = Var::from_tensor(&w1)?;
             let d = v.as_tensor().detach();
-            for wt in [&w1, &w2] {
+            // Rewritten in place between calls: the cached form (from the second call) must
+            // not serve the third.
+            for wt in [&w1, &w2, &w1, &w2] {
                 v.set(wt)?;
                 let [y, y_want, dx, dx_want] = frozen_vs_candle(&x, &d, p)?;
                 assert_close(&y, &y_want, t, "detached var y");
