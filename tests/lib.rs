@@ -29,6 +29,20 @@ pub fn status(e: ClientError) -> Status {
     }
 }
 
+/// Every message of a server stream (each within 120 s), or the status the call or the
+/// stream ended with.
+pub async fn messages<T>(call: Result<tonic::Streaming<T>, ClientError>) -> Result<Vec<T>, Status> {
+    let mut stream = call.map_err(status)?;
+    let mut out = Vec::new();
+    while let Some(m) = tokio::time::timeout(std::time::Duration::from_secs(120), stream.message())
+        .await
+        .expect("messages keep coming")?
+    {
+        out.push(m);
+    }
+    Ok(out)
+}
+
 pub fn code(e: ClientError) -> Code {
     status(e).code()
 }

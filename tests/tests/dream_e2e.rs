@@ -3,10 +3,8 @@
 //! losses and octave images; the network kept resident; and the errors, after which the
 //! daemon keeps serving.
 
-use std::time::Duration;
-
 use oneiro_client::{Client, pb};
-use oneiro_e2e::{start, status};
+use oneiro_e2e::{messages, start};
 
 fn picture(w: u32, h: u32) -> Vec<u8> {
     oneiro_e2e::picture(w, h, 0.0)
@@ -45,15 +43,8 @@ fn request(image: Vec<u8>, weights: pb::backbone_weights::Source) -> pb::DreamRe
 }
 
 async fn dream(client: &mut Client, req: pb::DreamRequest) -> Result<Vec<Event>, tonic::Status> {
-    let mut stream = client.dream(req).await.map_err(status)?;
-    let mut out = Vec::new();
-    while let Some(ev) = tokio::time::timeout(Duration::from_secs(120), stream.message())
-        .await
-        .expect("events keep coming")?
-    {
-        out.extend(ev.event);
-    }
-    Ok(out)
+    let events = messages(client.dream(req).await).await?;
+    Ok(events.into_iter().filter_map(|e| e.event).collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

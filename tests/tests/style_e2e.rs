@@ -2,10 +2,8 @@
 //! in timm's layout or seeded random; each round's loss and image streamed; the errors,
 //! after which the daemon keeps serving.
 
-use std::time::Duration;
-
 use oneiro_client::{Client, pb};
-use oneiro_e2e::{picture, start, status};
+use oneiro_e2e::{messages, picture, start};
 use oneiro_models::Vgg19;
 use oneiro_models::backbone::seeded_checkpoint;
 use oneiro_trainer::hub::{HubOptions, RepoKind, seed_repo_cache};
@@ -36,15 +34,8 @@ fn request(
 }
 
 async fn style(client: &mut Client, req: pb::StyleRequest) -> Result<Vec<Event>, tonic::Status> {
-    let mut stream = client.style(req).await.map_err(status)?;
-    let mut out = Vec::new();
-    while let Some(ev) = tokio::time::timeout(Duration::from_secs(120), stream.message())
-        .await
-        .expect("events keep coming")?
-    {
-        out.extend(ev.event);
-    }
-    Ok(out)
+    let events = messages(client.style(req).await).await?;
+    Ok(events.into_iter().filter_map(|e| e.event).collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

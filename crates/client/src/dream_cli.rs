@@ -1,7 +1,7 @@
 //! `oneiro dream`: DeepDream on InceptionV3, and the weight options every pretrained
 //! network shares.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -187,19 +187,36 @@ pub async fn run(client: &mut Client, a: DreamArgs, embedded: bool) -> Result<()
             None => {}
         }
     }
+    finish(bar, last, &a.output, "dream")
+}
+
+/// Shows `line` above the progress bar, moved to `position`; on stderr when the bar is
+/// hidden (not a terminal).
+pub fn progress_line(bar: Option<&ProgressBar>, position: u64, line: String) {
+    match bar {
+        Some(b) if !b.is_hidden() => {
+            b.set_position(position);
+            b.println(line);
+        }
+        _ => eprintln!("{line}"),
+    }
+}
+
+/// Clears the progress bar and writes the last image a stream sent to `output`.
+pub fn finish(
+    bar: Option<ProgressBar>,
+    last: Option<pb::Image>,
+    output: &Path,
+    what: &str,
+) -> Result<()> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     let Some(img) = last else {
-        bail!("the daemon ended the dream without an image")
+        bail!("the daemon ended the {what} without an image")
     };
-    std::fs::write(&a.output, &img.png)
-        .with_context(|| format!("cannot write {}", a.output.display()))?;
-    println!(
-        "wrote {} ({}x{})",
-        a.output.display(),
-        img.width,
-        img.height
-    );
+    std::fs::write(output, &img.png)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    println!("wrote {} ({}x{})", output.display(), img.width, img.height);
     Ok(())
 }

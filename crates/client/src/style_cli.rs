@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use oneiro_client::{Client, pb};
 
-use crate::dream_cli::WeightsArgs;
+use crate::dream_cli::{WeightsArgs, finish, progress_line};
 
 #[derive(Args, Debug)]
 pub struct StyleArgs {
@@ -108,13 +108,7 @@ pub async fn run(client: &mut Client, a: StyleArgs, embedded: bool) -> Result<()
                     r.iterations,
                     r.evaluations
                 );
-                match &bar {
-                    Some(b) if !b.is_hidden() => {
-                        b.set_position(r.round as u64 + 1);
-                        b.println(line);
-                    }
-                    _ => eprintln!("{line}"),
-                }
+                progress_line(bar.as_ref(), r.round as u64 + 1, line);
                 if let Some(dir) = &a.save_rounds {
                     let p = dir.join(format!("round_{:02}.png", r.round));
                     std::fs::write(&p, &img.png)
@@ -125,19 +119,5 @@ pub async fn run(client: &mut Client, a: StyleArgs, embedded: bool) -> Result<()
             None => {}
         }
     }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    let Some(img) = last else {
-        bail!("the daemon ended the transfer without an image")
-    };
-    std::fs::write(&a.output, &img.png)
-        .with_context(|| format!("cannot write {}", a.output.display()))?;
-    println!(
-        "wrote {} ({}x{})",
-        a.output.display(),
-        img.width,
-        img.height
-    );
-    Ok(())
+    finish(bar, last, &a.output, "transfer")
 }

@@ -22,7 +22,7 @@ use crate::error::ServiceError;
 use crate::jobs::{Job as TrainJob, JobData, JobManager, JobState, TrainPlan};
 use crate::metrics::{Gauges, Metrics};
 use crate::vae_ops;
-use crate::worker::{Job, Preloaded, VaeOp, VaeReply, WorkerHandle};
+use crate::worker::{Job, Preloaded, Reply, VaeOp, VaeReply, WorkerHandle};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -262,6 +262,28 @@ impl OneiroService {
         }
         Ok(Response::new(permitted(
             watch(job, req.stop_on_disconnect),
+            permit,
+        )))
+    }
+
+    /// A streamed request on a pretrained network: `plan` (decoding, weights resolution,
+    /// a hub download on first use) runs off the async threads, then `job` queues it on
+    /// the device with the sending end of the stream.
+    async fn streamed<P: Send + 'static, E: Send + 'static>(
+        &self,
+        plan: impl FnOnce(&DaemonConfig) -> Result<P, ServiceError> + Send + 'static,
+        job: impl FnOnce(P, Reply<E>) -> Job,
+    ) -> Result<Response<EventStream<E>>, Status> {
+        self.admit()?;
+        let permit = self.stream_permit()?;
+        let config = self.config.clone();
+        let plan = tokio::task::spawn_blocking(move || plan(&config))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))??;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        self.worker.submit(job(plan, tx))?;
+        Ok(Response::new(permitted(
+            Box::pin(ReceiverStream::new(rx)),
             permit,
         )))
     }
@@ -965,29 +987,20 @@ impl Oneiro for OneiroService {
         &self,
         req: Request<pb::StyleRequest>,
     ) -> Result<Response<Self::StyleStream>, Status> {
-        self.admit()?;
-        let permit = self.stream_permit()?;
         let req = req.into_inner();
-        let config = self.config.clone();
-        let plan = tokio::task::spawn_blocking(move || crate::style_ops::plan(req, &config))
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))??;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let span = info_span!(
-            "style",
-            height = plan.content.height,
-            width = plan.content.width,
-            weights = %plan.weights.origin
-        );
-        self.worker.submit(Job::Style {
-            plan,
-            events: tx,
-            span,
-        })?;
-        Ok(Response::new(permitted(
-            Box::pin(ReceiverStream::new(rx)),
-            permit,
-        )))
+        self.streamed(
+            move |config| crate::style_ops::plan(req, config),
+            |plan, events| {
+                let span = info_span!(
+                    "style",
+                    height = plan.content.height,
+                    width = plan.content.width,
+                    weights = %plan.weights.origin
+                );
+                Job::Style { plan, events, span }
+            },
+        )
+        .await
     }
 
     type DreamStream = EventStream<pb::DreamEvent>;
@@ -996,31 +1009,20 @@ impl Oneiro for OneiroService {
         &self,
         req: Request<pb::DreamRequest>,
     ) -> Result<Response<Self::DreamStream>, Status> {
-        self.admit()?;
-        let permit = self.stream_permit()?;
         let req = req.into_inner();
-        let config = self.config.clone();
-        // Decoding and weight resolution (a hub download on first use) stay off the
-        // device thread.
-        let plan = tokio::task::spawn_blocking(move || crate::dream_ops::plan(req, &config))
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))??;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let span = info_span!(
-            "dream",
-            height = plan.image.height,
-            width = plan.image.width,
-            weights = %plan.weights.origin
-        );
-        self.worker.submit(Job::Dream {
-            plan,
-            events: tx,
-            span,
-        })?;
-        Ok(Response::new(permitted(
-            Box::pin(ReceiverStream::new(rx)),
-            permit,
-        )))
+        self.streamed(
+            move |config| crate::dream_ops::plan(req, config),
+            |plan, events| {
+                let span = info_span!(
+                    "dream",
+                    height = plan.image.height,
+                    width = plan.image.width,
+                    weights = %plan.weights.origin
+                );
+                Job::Dream { plan, events, span }
+            },
+        )
+        .await
     }
 
     async fn gan_sample(

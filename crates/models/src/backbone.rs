@@ -141,10 +141,19 @@ pub fn seeded_checkpoint(
     seed: u64,
     build: impl FnOnce(&VarBuilder) -> Result<()>,
 ) -> Result<std::collections::HashMap<String, Tensor>> {
+    checkpoint_from(SeededWeights { seed }, build)
+}
+
+/// The tensors the network `build` constructs asks `values` for, by key: a checkpoint in
+/// the real layout with made-up values (seeded, or a formula a reference script shares).
+pub fn checkpoint_from<B: SimpleBackend + 'static>(
+    values: B,
+    build: impl FnOnce(&VarBuilder) -> Result<()>,
+) -> Result<std::collections::HashMap<String, Tensor>> {
     let recorded = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     let vb = VarBuilder::from_backend(
         Box::new(Recording {
-            inner: SeededWeights { seed },
+            inner: values,
             recorded: recorded.clone(),
         }),
         DType::F32,
@@ -156,13 +165,13 @@ pub fn seeded_checkpoint(
     Ok(map)
 }
 
-/// Keeps a copy of every tensor handed out (see [`seeded_checkpoint`]).
-struct Recording {
-    inner: SeededWeights,
+/// Keeps a copy of every tensor handed out (see [`checkpoint_from`]).
+struct Recording<B> {
+    inner: B,
     recorded: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Tensor>>>,
 }
 
-impl SimpleBackend for Recording {
+impl<B: SimpleBackend> SimpleBackend for Recording<B> {
     fn get(
         &self,
         s: Shape,

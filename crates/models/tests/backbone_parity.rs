@@ -5,18 +5,14 @@
 //! tap's activations and the input gradient of a loss are compared with the goldens the
 //! script wrote from PyTorch.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::VarBuilder;
+use oneiro_models::backbone::checkpoint_from;
 use oneiro_models::{InceptionV3, Preprocessing, Vgg19, Weights};
 use serde_json::Value;
 
-/// The golden script's weight formula; every tensor asked for is also recorded, so the
-/// test can write the checkpoint file the loader reads.
-#[derive(Clone, Default)]
-struct Formula(Arc<Mutex<HashMap<String, Tensor>>>);
+/// The golden script's weight formula.
+struct Formula;
 
 fn formula_values(key: &str, dims: &[usize]) -> Vec<f32> {
     let s = (key.bytes().map(u64::from).sum::<u64>() % 97) as f64;
@@ -49,9 +45,7 @@ impl candle_nn::var_builder::SimpleBackend for Formula {
         dtype: DType,
         dev: &Device,
     ) -> Result<Tensor> {
-        let t = Tensor::from_vec(formula_values(name, s.dims()), s, dev)?.to_dtype(dtype)?;
-        self.0.lock().unwrap().insert(name.to_string(), t.clone());
-        Ok(t)
+        Tensor::from_vec(formula_values(name, s.dims()), s, dev)?.to_dtype(dtype)
     }
 
     fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> Result<Tensor> {
@@ -69,10 +63,7 @@ fn checkpoint(
     dir: &std::path::Path,
     build: impl Fn(&VarBuilder) -> Result<()>,
 ) -> std::path::PathBuf {
-    let f = Formula::default();
-    let vb = VarBuilder::from_backend(Box::new(f.clone()), DType::F32, Device::Cpu);
-    build(&vb).unwrap();
-    let mut tensors = f.0.lock().unwrap().clone();
+    let mut tensors = checkpoint_from(Formula, build).unwrap();
     tensors.insert(
         "fc.weight".into(),
         Tensor::zeros((10, 4), DType::F32, &Device::Cpu).unwrap(),

@@ -95,8 +95,14 @@ pub struct ConvTranspose2dParams {
 pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
     if is_cpu_f32(x, w) {
         let g = conv2d_geom(x.dims4()?, w.dims4()?, p)?;
-        x.contiguous()?
-            .apply_op2(&w.contiguous()?, Conv2dOp(g, frozen_id(w)))
+        x.contiguous()?.apply_op2(
+            &w.contiguous()?,
+            ConvOp {
+                g,
+                wid: frozen_id(w),
+                transposed: false,
+            },
+        )
     } else {
         conv2d_candle(x, w, p)
     }
@@ -109,8 +115,14 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
 pub fn conv_transpose2d(x: &Tensor, w: &Tensor, p: ConvTranspose2dParams) -> Result<Tensor> {
     if is_cpu_f32(x, w) {
         let g = conv_transpose2d_geom(x.dims4()?, w.dims4()?, p)?;
-        x.contiguous()?
-            .apply_op2(&w.contiguous()?, ConvT2dOp(g, frozen_id(w)))
+        x.contiguous()?.apply_op2(
+            &w.contiguous()?,
+            ConvOp {
+                g,
+                wid: frozen_id(w),
+                transposed: true,
+            },
+        )
     } else {
         conv_transpose2d_candle(x, w, p)
     }
@@ -357,12 +369,34 @@ impl CustomOp2 for Raw {
     }
 }
 
-/// [`conv2d`] on the CPU.
-struct Conv2dOp(Geom, Option<TensorId>);
+/// [`conv2d`] (`transposed: false`) or [`conv_transpose2d`] on the CPU, for the
+/// convolution `g`: a transposed convolution is the convolution's data gradient, so the
+/// two share the three products with the roles of the forward and the data gradient
+/// swapped. `wid`: the kernel's id when it is frozen (its packed form may be cached).
+struct ConvOp {
+    g: Geom,
+    wid: Option<TensorId>,
+    transposed: bool,
+}
 
-impl CustomOp2 for Conv2dOp {
+impl ConvOp {
+    /// The products computing this op's output and its input's gradient.
+    fn prims(&self) -> (Prim, Prim) {
+        if self.transposed {
+            (Prim::Data, Prim::Fwd)
+        } else {
+            (Prim::Fwd, Prim::Data)
+        }
+    }
+}
+
+impl CustomOp2 for ConvOp {
     fn name(&self) -> &'static str {
-        "conv2d"
+        if self.transposed {
+            "conv-transpose2d"
+        } else {
+            "conv2d"
+        }
     }
 
     fn cpu_fwd(
@@ -373,9 +407,9 @@ impl CustomOp2 for Conv2dOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let raw = Raw {
-            g: self.0,
-            prim: Prim::Fwd,
-            wid: self.1,
+            g: self.g,
+            prim: self.prims().0,
+            wid: self.wid,
         };
         raw.cpu_fwd(s1, l1, s2, l2)
     }
@@ -387,73 +421,14 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = self.0;
+        let g = self.g;
         let grad = grad.contiguous()?;
         // candle calls this when either argument tracks a gradient; an argument that does
         // not (data, frozen weights) is not asked for one, and its product is skipped.
         let dx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(
-                w,
-                &Raw {
-                    g,
-                    prim: Prim::Data,
-                    wid: frozen_id(w),
-                },
-            )?)
-        } else {
-            None
-        };
-        let dw = if w.track_op() {
             let raw = Raw {
                 g,
-                prim: Prim::Weight,
-                wid: None,
-            };
-            Some(x.apply_op2_no_bwd(&grad, &raw)?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
-    }
-}
-
-/// [`conv_transpose2d`] on the CPU: the data gradient of the convolution `self.0`.
-struct ConvT2dOp(Geom, Option<TensorId>);
-
-impl CustomOp2 for ConvT2dOp {
-    fn name(&self) -> &'static str {
-        "conv-transpose2d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let raw = Raw {
-            g: self.0,
-            prim: Prim::Data,
-            wid: self.1,
-        };
-        raw.cpu_fwd(s1, l1, s2, l2)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = self.0;
-        let grad = grad.contiguous()?;
-        // `x` plays the output gradient of the convolution `g` and `grad` its input.
-        let dx = if x.track_op() {
-            let raw = Raw {
-                g,
-                prim: Prim::Fwd,
+                prim: self.prims().1,
                 wid: frozen_id(w),
             };
             Some(grad.apply_op2_no_bwd(w, &raw)?)
@@ -466,7 +441,14 @@ impl CustomOp2 for ConvT2dOp {
                 prim: Prim::Weight,
                 wid: None,
             };
-            Some(grad.apply_op2_no_bwd(x, &raw)?)
+            // The weight gradient takes the convolution's input and output gradient: for
+            // a transposed convolution, `grad` plays the input and `x` the output gradient.
+            let (input, dy) = if self.transposed {
+                (&grad, x)
+            } else {
+                (x, &grad)
+            };
+            Some(input.apply_op2_no_bwd(dy, &raw)?)
         } else {
             None
         };

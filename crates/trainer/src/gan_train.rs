@@ -182,8 +182,8 @@ pub fn adversarial_step(
     rng: &mut ChaCha8Rng,
 ) -> Result<StepLosses> {
     let (b, latent, device) = (real.dim(0)?, model.config.latent_dim, real.device());
-    let fake = model.generate(&latents(rng, b, latent, device)?)?.detach();
-    let images = Tensor::cat(&[&fake, real], 0)?;
+    let generated = model.generate(&latents(rng, b, latent, device)?)?.detach();
+    let images = Tensor::cat(&[&generated, real], 0)?;
     let labels: Vec<f32> = (0..2 * b)
         .map(|i| (if i < b { 1.0 } else { 0.0 }) + 0.5 * rng.random::<f32>())
         .collect();
@@ -241,18 +241,18 @@ pub fn train_gan(
         .seed
         .or(record.seed)
         .unwrap_or_else(|| rand::rng().random());
-    let (model, saved_opt) = match record.checkpoint {
-        Some(_) => {
-            let (weights, opt_state) = store.load_checkpoint(&record, device)?;
-            let model = Dcgan::from_tensors(cfg.clone(), &weights, device)
-                .map_err(|e| Error::Corrupt(format!("model {name:?}: {e}")))?;
-            (model, Some(opt_state))
-        }
-        None => (
-            Dcgan::new_random(cfg.clone(), &mut step_rng(seed, 0, 0), device)?,
-            None,
-        ),
-    };
+    let (model, saved_opt) = store.resume_or_create(
+        &record,
+        device,
+        |w| Dcgan::from_tensors(cfg.clone(), w, device),
+        || {
+            Ok(Dcgan::new_random(
+                cfg.clone(),
+                &mut step_rng(seed, 0, 0),
+                device,
+            )?)
+        },
+    )?;
     let mut d_opt = RmsProp::new(
         model.discriminator.vars(),
         opts.optimizer(opts.discriminator_lr),

@@ -474,6 +474,24 @@ impl ModelStore {
         Ok(())
     }
 
+    /// The model `record` names, from its last checkpoint (with the optimizer state saved
+    /// there) through `load`, or from `create` when it has no checkpoint yet.
+    pub fn resume_or_create<M, E: std::fmt::Display>(
+        &self,
+        record: &ModelRecord,
+        device: &Device,
+        load: impl FnOnce(&HashMap<String, Tensor>) -> std::result::Result<M, E>,
+        create: impl FnOnce() -> Result<M>,
+    ) -> Result<(M, Option<HashMap<String, Tensor>>)> {
+        if record.checkpoint.is_none() {
+            return Ok((create()?, None));
+        }
+        let (weights, opt_state) = self.load_checkpoint(record, device)?;
+        let model =
+            load(&weights).map_err(|e| Error::Corrupt(format!("model {:?}: {e}", record.name)))?;
+        Ok((model, Some(opt_state)))
+    }
+
     /// Loads the current checkpoint's weights and optimizer tensors onto `device`.
     pub fn load_checkpoint(
         &self,

@@ -139,21 +139,19 @@ pub fn train_char_lstm(
         .unwrap_or_else(|| rand::rng().random());
     let vocab = corpus.vocab.len();
 
-    let (model, saved_opt) = match record.checkpoint {
-        Some(_) => {
-            let (weights, opt_state) = store.load_checkpoint(&record, device)?;
-            let model = CharLstm::from_tensors(&weights, vocab, cfg.hidden, device)
-                .map_err(|e| Error::Corrupt(format!("model {name:?}: {e}")))?;
-            (model, Some(opt_state))
-        }
-        None => {
-            let mut rng = rng_for(seed, 0, 0);
-            (
-                CharLstm::new_random(vocab, cfg.hidden, &mut rng, device)?,
-                None,
-            )
-        }
-    };
+    let (model, saved_opt) = store.resume_or_create(
+        &record,
+        device,
+        |w| CharLstm::from_tensors(w, vocab, cfg.hidden, device),
+        || {
+            Ok(CharLstm::new_random(
+                vocab,
+                cfg.hidden,
+                &mut rng_for(seed, 0, 0),
+                device,
+            )?)
+        },
+    )?;
     let learning_rate = opts
         .learning_rate
         .or(record.optimizer.as_ref().map(|o| o.learning_rate))

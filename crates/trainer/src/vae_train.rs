@@ -252,18 +252,18 @@ pub fn train_vae(
         .or(record.seed)
         .unwrap_or_else(|| rand::rng().random());
 
-    let (model, saved_opt) = match record.checkpoint {
-        Some(_) => {
-            let (weights, opt_state) = store.load_checkpoint(&record, device)?;
-            let model = Vae::from_tensors(cfg.clone(), &weights, device)
-                .map_err(|e| Error::Corrupt(format!("model {name:?}: {e}")))?;
-            (model, Some(opt_state))
-        }
-        None => (
-            Vae::new_random(cfg.clone(), &mut rng_for(seed, 0, 0), device)?,
-            None,
-        ),
-    };
+    let (model, saved_opt) = store.resume_or_create(
+        &record,
+        device,
+        |w| Vae::from_tensors(cfg.clone(), w, device),
+        || {
+            Ok(Vae::new_random(
+                cfg.clone(),
+                &mut rng_for(seed, 0, 0),
+                device,
+            )?)
+        },
+    )?;
     let learning_rate = opts
         .learning_rate
         .or(record.optimizer.as_ref().map(|o| o.learning_rate))
