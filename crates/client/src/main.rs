@@ -251,6 +251,7 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
 }
 
 fn main() -> std::process::ExitCode {
+    oneiro_daemon::allocator::keep_freed_memory();
     match real_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -4,6 +4,7 @@
 //! then hand a job (with a bounded reply channel) to the device's worker over a bounded
 //! queue, and stream what the worker sends back.
 
+pub mod allocator;
 pub mod config;
 pub mod convert;
 pub mod device;
