@@ -6,6 +6,7 @@
 //! The state (velocities, iteration count) is public so checkpoints can hold it.
 
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor, Var, backprop::GradStore};
+use rayon::prelude::*;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RmsPropConfig {
@@ -161,9 +162,9 @@ fn step_cpu_f32(
         let lr = lr as f32;
         let eps = c.epsilon as f32;
         let clip = c.clip_value.map(|x| (-x as f32, x as f32));
-        let mut new_p = Vec::with_capacity(ps.len());
-        let mut new_v = Vec::with_capacity(ps.len());
-        for ((&p, &v), &g) in ps.iter().zip(vs).zip(gs) {
+        // Over the threads: one thread updating the GAN generator's 6.3 M parameters left
+        // the other core idle for ~1% of a step. Each element's arithmetic is unchanged.
+        let update = |((&p, &v), &g): ((&f32, &f32), &f32)| {
             let g = match clip {
                 // maximum(g, lo), then minimum(·, hi), as candle compares.
                 Some((lo, hi)) => {
@@ -174,9 +175,15 @@ fn step_cpu_f32(
             };
             let nv = (v * rho + 0.0) + ((g * g) * one_minus_rho + 0.0);
             let update = (g * lr + 0.0) / (nv * 1.0 + eps).sqrt();
-            new_p.push(p - update);
-            new_v.push(nv);
-        }
+            (p - update, nv)
+        };
+        let (new_p, new_v): (Vec<f32>, Vec<f32>) = ps
+            .par_iter()
+            .zip(vs)
+            .zip(gs)
+            .with_min_len(1 << 14)
+            .map(update)
+            .unzip();
         (new_p, new_v)
     };
     p.set(&Tensor::from_vec(new_p, p.shape(), p.device())?)?;
