@@ -291,8 +291,7 @@ impl ConvRelu {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = oneiro_tensor_ops::conv2d(x, &self.weight, self.params)?;
-        oneiro_tensor_ops::add_channel_bias_relu(&y, &self.bias, 0.0)
+        oneiro_tensor_ops::conv2d_bias_relu(x, &self.weight, &self.bias, self.params, 0.0)
     }
 
     pub(crate) fn elem_count(&self) -> usize {

@@ -13,7 +13,9 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var, bail};
 use oneiro_tensor_ops::bias::{add_channel_bias, add_channel_bias_relu};
-use oneiro_tensor_ops::conv::{Conv2dParams, ConvTranspose2dParams, conv_transpose2d, conv2d};
+use oneiro_tensor_ops::conv::{
+    Conv2dParams, ConvTranspose2dParams, conv_transpose2d, conv2d, conv2d_bias_relu,
+};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -266,13 +268,9 @@ impl Dcgan {
         let conv = |x: &Tensor, i: usize, p: Conv2dParams| {
             add_channel_bias(&conv2d(x, &g.get(i, false), p)?, &g.get(i + 1, false))
         };
-        // The same and LeakyReLU, bias and activation in one pass.
+        // The same and LeakyReLU, as one node.
         let conv_leaky = |x: &Tensor, i: usize, p: Conv2dParams| {
-            add_channel_bias_relu(
-                &conv2d(x, &g.get(i, false), p)?,
-                &g.get(i + 1, false),
-                s as f32,
-            )
+            conv2d_bias_relu(x, &g.get(i, false), &g.get(i + 1, false), p, s as f32)
         };
         let x = conv_leaky(&x, 2, Conv2dParams::same(5))?;
         let up = ConvTranspose2dParams {
@@ -312,11 +310,7 @@ impl Dcgan {
         let valid = Conv2dParams::new(1, 0);
         let strided = Conv2dParams::new(2, 0);
         let conv_leaky = |x: &Tensor, i: usize, p: Conv2dParams| {
-            add_channel_bias_relu(
-                &conv2d(x, &d.get(i, frozen), p)?,
-                &d.get(i + 1, frozen),
-                s as f32,
-            )
+            conv2d_bias_relu(x, &d.get(i, frozen), &d.get(i + 1, frozen), p, s as f32)
         };
         let mut x = conv_leaky(images, 0, valid)?;
         for layer in 1..4 {

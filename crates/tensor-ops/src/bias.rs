@@ -56,7 +56,7 @@ fn bias_act_composed(x: &Tensor, b: &Tensor, c: usize, slope: f32) -> Result<Ten
 }
 
 /// The channel count of `x`, checked against `b`.
-fn check_bias(x: &Tensor, b: &Tensor) -> Result<usize> {
+pub(crate) fn check_bias(x: &Tensor, b: &Tensor) -> Result<usize> {
     let (_, c, _, _) = x.dims4()?;
     if b.dims() != [c] {
         bail!(
@@ -76,7 +76,7 @@ fn is_cpu_f32(x: &Tensor, b: &Tensor) -> bool {
 /// per plane, the planes over the threads (on one thread it left the other core idle
 /// for ~1% of a GAN step) and added per channel in plane order, so the result does not
 /// depend on the thread count.
-fn channel_sums(grad: &Tensor) -> Result<Tensor> {
+pub(crate) fn channel_sums(grad: &Tensor) -> Result<Tensor> {
     let (_, c, h, w) = grad.dims4()?;
     let v = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let plane = (h * w).max(1);
@@ -212,8 +212,7 @@ impl CustomOp2 for ChannelBiasAct {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // `y > 0` exactly where `z > 0` (the slope is >= 0), so the output decides.
-        let dz = res.apply_op2_no_bwd(&grad.contiguous()?, &ActGrad { slope: self.slope })?;
+        let dz = act_grad(res, grad, self.slope)?;
         let db = if b.track_op() {
             Some(channel_sums(&dz)?)
         } else {
@@ -222,6 +221,31 @@ impl CustomOp2 for ChannelBiasAct {
         let dx = x.track_op().then_some(dz);
         Ok((dx, db))
     }
+}
+
+/// The gradient `dz` before the (leaky) ReLU from its output `y` and output gradient
+/// `dy` (contiguous f32 on the CPU): `y > 0` exactly where `z > 0` (the slope is >= 0), so
+/// the output decides.
+pub(crate) fn act_grad(y: &Tensor, dy: &Tensor, slope: f32) -> Result<Tensor> {
+    y.apply_op2_no_bwd(&dy.contiguous()?, &ActGrad { slope })
+}
+
+/// `y ← act(y + b[channel])` in place over `(B, C, H, W)` planes of `plane` floats, over
+/// the threads; the same arithmetic as [`add_channel_bias_relu`]'s kernel.
+pub(crate) fn bias_act_in_place(y: &mut [f32], plane: usize, b: &[f32], slope: f32) {
+    let (c, plane) = (b.len(), plane.max(1));
+    let per = (CHUNK / plane).max(1);
+    y.par_chunks_mut(per * plane)
+        .enumerate()
+        .for_each(|(k, chunk)| {
+            for (j, p) in chunk.chunks_mut(plane).enumerate() {
+                let bias = b[(k * per + j) % c];
+                for v in p {
+                    let z = *v + bias;
+                    *v = if z > 0.0 { z } else { slope * z };
+                }
+            }
+        });
 }
 
 /// `(y, dy) → dz` of [`ChannelBiasAct`]: `dy` where `y > 0`, `slope · dy` elsewhere.

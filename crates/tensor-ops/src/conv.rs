@@ -41,7 +41,9 @@
 //!
 //! On other devices and dtypes the functions fall back to candle's own ops.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, TensorId, bail};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, TensorId, bail,
+};
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
@@ -105,6 +107,107 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
         )
     } else {
         conv2d_candle(x, w, p)
+    }
+}
+
+/// `act(conv2d(x, w) + b)` with `act` the (leaky) ReLU of
+/// [`add_channel_bias_relu`](crate::bias::add_channel_bias_relu) (`negative_slope = 0`:
+/// ReLU): the same numbers as that composition, as one autograd node on the CPU. Why: each
+/// node costs a full output tensor, and candle's backward zero-fills then adds every
+/// node's gradient; fused, the convolution's own output and gradient never exist (the bias
+/// and activation run in place on the product, the activation's backward feeds the
+/// convolution's). Differentiable in all three; composed off the CPU or outside f32.
+pub fn conv2d_bias_relu(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    p: Conv2dParams,
+    negative_slope: f32,
+) -> Result<Tensor> {
+    if !(is_cpu_f32(x, w) && is_cpu_f32(x, b)) {
+        return crate::bias::add_channel_bias_relu(&conv2d(x, w, p)?, b, negative_slope);
+    }
+    if !(negative_slope.is_finite() && negative_slope >= 0.0) {
+        bail!("conv2d_bias_relu: negative slope {negative_slope} must be finite and >= 0")
+    }
+    let g = conv2d_geom(x.dims4()?, w.dims4()?, p)?;
+    if b.dims() != [w.dim(0)?] {
+        bail!(
+            "conv2d_bias_relu: bias of shape {:?} for a kernel of shape {:?}",
+            b.dims(),
+            w.dims()
+        )
+    }
+    let conv = ConvOp {
+        g,
+        wid: frozen_id(w),
+        transposed: false,
+    };
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        ConvBiasAct {
+            conv,
+            slope: negative_slope,
+        },
+    )
+}
+
+/// [`conv2d_bias_relu`] on the CPU.
+struct ConvBiasAct {
+    conv: ConvOp,
+    slope: f32,
+}
+
+impl CustomOp3 for ConvBiasAct {
+    fn name(&self) -> &'static str {
+        "conv2d-bias-relu"
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (y, shape) = self.conv.cpu_fwd(s1, l1, s2, l2)?;
+        let CpuStorage::F32(mut y) = y else {
+            bail!("conv2d_bias_relu: the product is not f32")
+        };
+        let Some((start, end)) = l3.contiguous_offsets() else {
+            bail!("conv2d_bias_relu: non-contiguous bias")
+        };
+        let b = &s3.as_slice::<f32>()?[start..end];
+        let dims = shape.dims();
+        crate::bias::bias_act_in_place(&mut y, dims[2] * dims[3], b, self.slope);
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dz = crate::bias::act_grad(res, grad, self.slope)?;
+        let db = if b.track_op() {
+            Some(crate::bias::channel_sums(&dz)?)
+        } else {
+            None
+        };
+        // The convolution's backward ignores its output argument.
+        let (dx, dw) = if x.track_op() || w.track_op() {
+            self.conv.bwd(x, w, res, &dz)?
+        } else {
+            (None, None)
+        };
+        Ok((dx, dw, db))
     }
 }
 
@@ -2571,6 +2674,80 @@ mod tests {
                 &format!("{case:?}"),
             )?;
         }
+        Ok(())
+    }
+
+    /// The fused op is the composition `add_channel_bias_relu(conv2d(..))` (both checked by
+    /// finite differences above) as one node: the same f32 arithmetic, so the output and all
+    /// three gradients must be bit-identical, with any subset of the arguments tracked.
+    #[test]
+    fn fused_bias_relu_equals_the_composition() -> Result<()> {
+        let cases: &[ConvCase] = &[
+            (2, 3, 4, 7, 9, 3, 3, (2, 2), [0, 1, 0, 1]),
+            (1, 2, 70, 6, 7, 3, 3, (1, 1), [1, 1, 1, 1]),
+            (2, 80, 16, 5, 8, 1, 7, (1, 1), [0, 0, 3, 3]),
+            (1, 16, 8, 9, 9, 1, 1, (1, 1), [0, 0, 0, 0]),
+            (2, 4, 3, 9, 7, 4, 3, (1, 2), [1, 2, 0, 1]),
+        ];
+        for (i, case) in cases.iter().enumerate() {
+            let (x, w, p) = conv_setup(case, 170 + i as u64);
+            let b = Tensor::from_vec(values(case.2, 190 + i as u64), case.2, &Device::Cpu)?;
+            let r = random(conv2d(&x, &w, p)?.dims4()?, 7);
+            for slope in [0.0f32, 0.3] {
+                for tracked in [
+                    [true, true, true],
+                    [true, false, true],
+                    [false, true, false],
+                ] {
+                    let arg = |t: &Tensor, on: bool| -> Result<Tensor> {
+                        Ok(if on {
+                            Var::from_tensor(t)?.as_tensor().clone()
+                        } else {
+                            t.copy()?
+                        })
+                    };
+                    let (xv, wv, bv) = (
+                        arg(&x, tracked[0])?,
+                        arg(&w, tracked[1])?,
+                        arg(&b, tracked[2])?,
+                    );
+                    let fused = conv2d_bias_relu(&xv, &wv, &bv, p, slope)?;
+                    let composed =
+                        crate::bias::add_channel_bias_relu(&conv2d(&xv, &wv, p)?, &bv, slope)?;
+                    let what = format!("{case:?} slope {slope} tracked {tracked:?}");
+                    assert_eq!(to_f64(&fused), to_f64(&composed), "{what}: forward");
+                    let gf = (&fused * &r)?.sum_all()?.backward()?;
+                    let gc = (&composed * &r)?.sum_all()?.backward()?;
+                    for (t, on, name) in [
+                        (&xv, tracked[0], "x"),
+                        (&wv, tracked[1], "w"),
+                        (&bv, tracked[2], "b"),
+                    ] {
+                        match (gf.get(t), gc.get(t)) {
+                            (Some(f), Some(c)) if on => {
+                                assert_eq!(to_f64(f), to_f64(c), "{what}: d/d{name}")
+                            }
+                            (None, None) if !on => {}
+                            (f, c) => panic!(
+                                "{what}: d/d{name} fused {:?} composed {:?}",
+                                f.is_some(),
+                                c.is_some()
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            conv2d_bias_relu(
+                &random((1, 2, 5, 5), 1),
+                &random((3, 2, 3, 3), 2),
+                &Tensor::zeros(4, DType::F32, &Device::Cpu)?,
+                Conv2dParams::same(3),
+                0.0
+            )
+            .is_err()
+        );
         Ok(())
     }
 
