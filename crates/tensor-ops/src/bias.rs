@@ -56,7 +56,7 @@ fn bias_act_composed(x: &Tensor, b: &Tensor, c: usize, slope: f32) -> Result<Ten
 }
 
 /// The channel count of `x`, checked against `b`.
-pub(crate) fn check_bias(x: &Tensor, b: &Tensor) -> Result<usize> {
+fn check_bias(x: &Tensor, b: &Tensor) -> Result<usize> {
     let (_, c, _, _) = x.dims4()?;
     if b.dims() != [c] {
         bail!(
