@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 oneiro=${1:-target/cuda/release/oneiro}
 peers=${2:-../shared/peers}
+# The device tool copies shared/ inside the working tree.
+[ -d "$peers" ] || peers=shared/peers
 py=${PYTHON:-python3}
 device=${DEVICE:-cuda:0}
 reps=${REPS:-3}
