@@ -32,24 +32,4 @@ for _ in $(seq "$reps"); do
   done
 done
 cat "$log"
-python3 - "$log" <<'PY'
-import json, sys
-runs = {}
-for line in open(sys.argv[1]):
-    tag, js = line.split(" ", 1)
-    try:
-        runs.setdefault(tag, []).append(json.loads(js))
-    except json.JSONDecodeError:
-        pass
-def rate(r, key):
-    # Workloads timed per step report seconds; throughput is its inverse.
-    return 1 / r[key] if key.startswith("seconds") else r[key]
-for w, key, unit in (("text-train", "sequences_per_s", "seq/s"), ("text-generate", "chars_per_s", "chars/s"),
-                     ("vae-train", "images_per_s", "images/s"), ("gan-train", "steps_per_s", "steps/s"),
-                     ("dream-step", "seconds_per_step", "steps/s"), ("style-eval", "seconds_per_eval", "evals/s")):
-    best = {p: max(rate(r, key) for r in runs[f"{p}-{w}"]) for p in ("ours", "torch") if f"{p}-{w}" in runs}
-    if len(best) < 2:
-        print(f"{w:13} missing: {sorted(best)}")
-        continue
-    print(f"{w:13} ours {best['ours']:.4g} {unit} | pytorch {best['torch']:.4g} {unit} | ours / pytorch x{best['ours'] / best['torch']:.2f}")
-PY
+python3 scripts/ratios.py "$log"

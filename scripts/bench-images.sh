@@ -33,25 +33,5 @@ for _ in $(seq "$reps"); do
   done
 done
 cat "$log"
-python3 - "$log" <<'PY'
-import json, sys
-runs = {}
-for line in open(sys.argv[1]):
-    tag, js = line.split(" ", 1)
-    try:
-        runs.setdefault(tag, []).append(json.loads(js))
-    except json.JSONDecodeError:
-        pass
-def rate(r, key):
-    # Workloads timed per step report seconds; throughput is its inverse.
-    return 1 / r[key] if key.startswith("seconds") else r[key]
-for w, key, unit in (("vae-train", "images_per_s", "images/s"), ("gan-train", "steps_per_s", "steps/s"),
-                     ("dream-step", "seconds_per_step", "steps/s"), ("style-eval", "seconds_per_eval", "evals/s")):
-    best = {p: max(rate(r, key) for r in runs[f"{p}-{w}"]) for p in ("ours", "torch", "keras") if f"{p}-{w}" in runs}
-    if "ours" not in best or len(best) < 2:
-        continue
-    peer = max(v for p, v in best.items() if p != "ours")
-    parts = " | ".join(f"{p} {v:.3g} {unit}" for p, v in best.items())
-    print(f"{w:10} {parts} | ours / faster peer x{best['ours'] / peer:.2f}")
-PY
+python3 scripts/ratios.py "$log"
 rm -f "$log"

@@ -193,15 +193,7 @@ impl CustomOp2 for ChannelBiasAct {
         let plane = xl.dims()[2] * xl.dims()[3];
         let c = b.len();
         let slope = self.slope;
-        let y = map_planes(
-            x,
-            plane,
-            |i| b[i % c],
-            |b, v| {
-                let z = v + b;
-                if z > 0.0 { z } else { slope * z }
-            },
-        );
+        let y = map_planes(x, plane, |i| b[i % c], |b, v| bias_act(v, b, slope));
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -230,8 +222,16 @@ pub(crate) fn act_grad(y: &Tensor, dy: &Tensor, slope: f32) -> Result<Tensor> {
     y.apply_op2_no_bwd(&dy.contiguous()?, &ActGrad { slope })
 }
 
+/// `act(v + b)`: the one definition of the (leaky) ReLU that the standalone and the fused
+/// (conv2d_bias_relu) kernels share, so both give the same bits.
+#[inline(always)]
+fn bias_act(v: f32, b: f32, slope: f32) -> f32 {
+    let z = v + b;
+    if z > 0.0 { z } else { slope * z }
+}
+
 /// `y ← act(y + b[channel])` in place over `(B, C, H, W)` planes of `plane` floats, over
-/// the threads; the same arithmetic as [`add_channel_bias_relu`]'s kernel.
+/// the threads.
 pub(crate) fn bias_act_in_place(y: &mut [f32], plane: usize, b: &[f32], slope: f32) {
     let (c, plane) = (b.len(), plane.max(1));
     let per = (CHUNK / plane).max(1);
@@ -241,8 +241,7 @@ pub(crate) fn bias_act_in_place(y: &mut [f32], plane: usize, b: &[f32], slope: f
             for (j, p) in chunk.chunks_mut(plane).enumerate() {
                 let bias = b[(k * per + j) % c];
                 for v in p {
-                    let z = *v + bias;
-                    *v = if z > 0.0 { z } else { slope * z };
+                    *v = bias_act(*v, bias, slope);
                 }
             }
         });
