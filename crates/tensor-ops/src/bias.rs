@@ -9,7 +9,6 @@
 //! backward. Off the CPU or outside f32: candle's ops.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
-use rayon::prelude::*;
 
 /// `x (B, C, H, W) + b (C)` broadcast over batch and space; differentiable in both.
 pub fn add_channel_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -80,11 +79,16 @@ pub(crate) fn channel_sums(grad: &Tensor) -> Result<Tensor> {
     let (_, c, h, w) = grad.dims4()?;
     let v = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let plane = (h * w).max(1);
-    let plane_sums: Vec<f64> = v
-        .par_chunks(plane)
-        .with_min_len(CHUNK.div_ceil(plane))
-        .map(|chunk| chunk.iter().map(|&x| x as f64).sum::<f64>())
-        .collect();
+    let mut plane_sums = vec![0f64; v.len().div_ceil(plane)];
+    let per = CHUNK.div_ceil(plane);
+    crate::par::for_chunks_mut(&mut plane_sums, per, |k, sums| {
+        for (i, s) in sums.iter_mut().enumerate() {
+            *s = v[(k * per + i) * plane..][..plane]
+                .iter()
+                .map(|&x| x as f64)
+                .sum::<f64>();
+        }
+    });
     let mut sums = vec![0f64; c];
     for (i, s) in plane_sums.into_iter().enumerate() {
         sums[i % c] += s;
@@ -109,18 +113,19 @@ fn map_planes(
     let mut y = Vec::with_capacity(x.len());
     if let Some(per) = CHUNK.checked_div(plane) {
         let per = per.max(1);
-        y.spare_capacity_mut()[..x.len()]
-            .par_chunks_mut(per * plane)
-            .zip(x.par_chunks(per * plane))
-            .enumerate()
-            .for_each(|(item, (y, x))| {
+        crate::par::for_chunks_mut(
+            &mut y.spare_capacity_mut()[..x.len()],
+            per * plane,
+            |item, y| {
+                let x = &x[item * per * plane..][..y.len()];
                 for (i, (y, x)) in y.chunks_mut(plane).zip(x.chunks(plane)).enumerate() {
                     let b = bias(item * per + i);
                     for (y, &v) in y.iter_mut().zip(x) {
                         y.write(f(b, v));
                     }
                 }
-            });
+            },
+        );
     }
     // SAFETY: every element was written above (no plane means no element).
     unsafe { y.set_len(x.len()) };
@@ -235,16 +240,14 @@ fn bias_act(v: f32, b: f32, slope: f32) -> f32 {
 pub(crate) fn bias_act_in_place(y: &mut [f32], plane: usize, b: &[f32], slope: f32) {
     let (c, plane) = (b.len(), plane.max(1));
     let per = (CHUNK / plane).max(1);
-    y.par_chunks_mut(per * plane)
-        .enumerate()
-        .for_each(|(k, chunk)| {
-            for (j, p) in chunk.chunks_mut(plane).enumerate() {
-                let bias = b[(k * per + j) % c];
-                for v in p {
-                    *v = bias_act(*v, bias, slope);
-                }
+    crate::par::for_chunks_mut(y, per * plane, |k, chunk| {
+        for (j, p) in chunk.chunks_mut(plane).enumerate() {
+            let bias = b[(k * per + j) % c];
+            for v in p {
+                *v = bias_act(*v, bias, slope);
             }
-        });
+        }
+    });
 }
 
 /// `(y, dy) → dz` of [`ChannelBiasAct`]: `dy` where `y > 0`, `slope · dy` elsewhere.
@@ -274,14 +277,12 @@ impl CustomOp2 for ActGrad {
         }
         let slope = self.slope;
         let mut dz = Vec::with_capacity(y.len());
-        dz.spare_capacity_mut()[..y.len()]
-            .par_chunks_mut(CHUNK)
-            .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-            .for_each(|(d, (y, dy))| {
-                for (d, (&y, &g)) in d.iter_mut().zip(y.iter().zip(dy)) {
-                    d.write(if y > 0.0 { g } else { slope * g });
-                }
-            });
+        crate::par::for_chunks_mut(&mut dz.spare_capacity_mut()[..y.len()], CHUNK, |k, d| {
+            let (y, dy) = (&y[k * CHUNK..][..d.len()], &dy[k * CHUNK..][..d.len()]);
+            for (d, (&y, &g)) in d.iter_mut().zip(y.iter().zip(dy)) {
+                d.write(if y > 0.0 { g } else { slope * g });
+            }
+        });
         // SAFETY: every element was written above.
         unsafe { dz.set_len(y.len()) };
         Ok((CpuStorage::F32(dz), yl.shape().clone()))

@@ -47,8 +47,6 @@ use candle_core::{
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
-use rayon::prelude::*;
-
 use crate::pool::{self, PoolVec};
 
 /// Stride and zero padding of [`conv2d`].
@@ -573,7 +571,7 @@ const KC: usize = 128;
 /// Output pixels per work item of the channels-last forward and of the scatter: the
 /// item's input rows and output block stay in L2, and a 28×28 image still splits into a
 /// few items for the threads.
-const PB: usize = 96;
+const PB: usize = 384;
 /// Output pixels per work item of the weight gradient, times its output channels: the
 /// item's slice of `dy` (and the input rows it reads) stays in L2 while every panel of
 /// the weight gradient passes over it.
@@ -673,15 +671,9 @@ impl Packed {
         }
         let mut data = pool::take(k * n.next_multiple_of(16));
         // Panels are independent: pack them in parallel (the large weights are megabytes).
-        let mut parts = Vec::new();
-        let mut rest = &mut data[..];
-        for j0 in (0..n).step_by(NR) {
-            let w = NR.min(n - j0);
-            let (part, tail) = rest.split_at_mut(k * w.next_multiple_of(16));
-            parts.push((j0, w, part));
-            rest = tail;
-        }
-        parts.into_par_iter().for_each(|(j0, w, part)| {
+        // Panel j holds k rows of NR floats (the last one of its width rounded up to 16).
+        crate::par::for_chunks_mut(&mut data, k * NR, |j, part| {
+            let (j0, w) = (j * NR, NR.min(n - j * NR));
             let wpad = w.next_multiple_of(16);
             if cs > 1 && rs == 1 {
                 // Columns lie along the source's rows: a transpose in 16 × 16 blocks (a
@@ -733,6 +725,50 @@ impl Packed {
     fn panels(&self) -> usize {
         self.n.div_ceil(NR)
     }
+}
+
+/// `c (m × n) = a (m × k, rows `a_rs` floats apart) · b (k × n)`: a plain matrix
+/// product on the convolutions' kernel, blocks of rows × panels of `b` over the threads.
+/// `b` is read as `b[r · rs + c · cs]` and packed first.
+pub(crate) fn matmul(
+    m: usize,
+    a: &[f32],
+    a_rs: usize,
+    (k, n, b, rs, cs): (usize, usize, &[f32], usize, usize),
+) -> Vec<f32> {
+    let mut c = vec![0f32; m * n];
+    if m == 0 || n == 0 || k == 0 {
+        return c;
+    }
+    assert!((m - 1) * a_rs + k <= a.len(), "matmul lhs out of bounds");
+    let bp = Packed::new(k, n, b, rs, cs);
+    // Row blocks of a few tiles: enough items for both threads on a 64 × 64 product.
+    let rows = (8 * MR).min(m.div_ceil(2).next_multiple_of(MR));
+    let items: Vec<(usize, usize)> = (0..m)
+        .step_by(rows)
+        .flat_map(|i0| (0..bp.panels()).map(move |j| (i0, j)))
+        .collect();
+    let cp = SendPtr(c.as_mut_ptr());
+    crate::par::for_each(&items, |&(i0, j)| {
+        let (pn, mr) = (bp.panel(j), rows.min(m - i0));
+        for k0 in (0..k).step_by(KC) {
+            // SAFETY: rows i0 .. i0 + mr, columns pn.j0 .. pn.j0 + pn.n of c (m × n);
+            // items cover disjoint (row block, panel) pairs.
+            unsafe {
+                gemm_panel(&Gemm {
+                    m: mr,
+                    n: pn.n,
+                    kc: KC.min(k - k0),
+                    a: Lhs::Strided(&a[i0 * a_rs + k0..], a_rs),
+                    b: Rhs::Packed(&pn.data[k0 * pn.wpad..], pn.wpad),
+                    c: cp.get().add(i0 * n + pn.j0),
+                    c_rs: n,
+                    acc: k0 > 0,
+                })
+            };
+        }
+    });
+    c
 }
 
 /// The kernel `w (cout, cin, taps)` as `(cout, taps, cin)`: rows of the channels-last
@@ -908,9 +944,9 @@ fn packed_weights(
 fn to_channels_last(src: &[f32], b: usize, c: usize, p: usize) -> PoolVec {
     let mut dst = pool::take(b * c * p);
     if c * p > 0 {
-        dst.par_chunks_mut(c * p)
-            .zip(src.par_chunks(c * p))
-            .for_each(|(d, s)| transpose(s, c, p, d));
+        crate::par::for_chunks_mut(&mut dst, c * p, |i, d| {
+            transpose(&src[i * c * p..][..c * p], c, p, d)
+        });
     }
     dst
 }
@@ -1131,38 +1167,36 @@ impl Planes {
         let n = g.b * g.cin * sh * sw * plane;
         let mut data = pool::take(n + g.kw + 15);
         data[n..].fill(0.0);
-        data[..n]
-            .par_chunks_mut(sh * sw * plane)
-            .zip(x.par_chunks(g.p_in()))
-            .for_each(|(d, src)| {
-                // Only the padding is zeroed: clearing whole planes first cost as much as
-                // the copy (~5% of a DeepDream step between them).
-                for (phase, d) in d.chunks_exact_mut(plane).enumerate() {
-                    let (py, px) = (phase / sw, phase % sw);
-                    // Plane columns j whose input column sw · j + px - pl is in the image.
-                    let j0 = g.pl.saturating_sub(px).div_ceil(sw);
-                    let j1 = (g.w + g.pl).saturating_sub(px).div_ceil(sw).min(wp);
-                    for i in 0..hp {
-                        let out = &mut d[i * wp..][..wp];
-                        let iy = (sh * i + py).checked_sub(g.pt).filter(|&iy| iy < g.h);
-                        let (Some(iy), true) = (iy, j0 < j1) else {
-                            out.fill(0.0);
-                            continue;
-                        };
-                        out[..j0].fill(0.0);
-                        out[j1..].fill(0.0);
-                        let row = &src[iy * g.w..][..g.w];
-                        let ix0 = sw * j0 + px - g.pl;
-                        if sw == 1 {
-                            out[j0..j1].copy_from_slice(&row[ix0..ix0 + j1 - j0]);
-                        } else {
-                            for (j, o) in out[j0..j1].iter_mut().enumerate() {
-                                *o = row[ix0 + j * sw];
-                            }
+        crate::par::for_chunks_mut(&mut data[..n], sh * sw * plane, |i, d| {
+            let src = &x[i * g.p_in()..][..g.p_in()];
+            // Only the padding is zeroed: clearing whole planes first cost as much as
+            // the copy (~5% of a DeepDream step between them).
+            for (phase, d) in d.chunks_exact_mut(plane).enumerate() {
+                let (py, px) = (phase / sw, phase % sw);
+                // Plane columns j whose input column sw · j + px - pl is in the image.
+                let j0 = g.pl.saturating_sub(px).div_ceil(sw);
+                let j1 = (g.w + g.pl).saturating_sub(px).div_ceil(sw).min(wp);
+                for i in 0..hp {
+                    let out = &mut d[i * wp..][..wp];
+                    let iy = (sh * i + py).checked_sub(g.pt).filter(|&iy| iy < g.h);
+                    let (Some(iy), true) = (iy, j0 < j1) else {
+                        out.fill(0.0);
+                        continue;
+                    };
+                    out[..j0].fill(0.0);
+                    out[j1..].fill(0.0);
+                    let row = &src[iy * g.w..][..g.w];
+                    let ix0 = sw * j0 + px - g.pl;
+                    if sw == 1 {
+                        out[j0..j1].copy_from_slice(&row[ix0..ix0 + j1 - j0]);
+                    } else {
+                        for (j, o) in out[j0..j1].iter_mut().enumerate() {
+                            *o = row[ix0 + j * sw];
                         }
                     }
                 }
-            });
+            }
+        });
         Self { data, wp, plane }
     }
 
@@ -1204,7 +1238,7 @@ fn fwd_shifted(g: &Geom, x: &[f32], w: &[f32], y: &mut [MaybeUninit<f32>]) {
         .collect();
     let yp = SendPtr(y.as_mut_ptr().cast());
     let y_len = y.len();
-    items.into_par_iter().for_each(|(b, q0, nq)| {
+    crate::par::for_each(&items, |&(b, q0, nq)| {
         let base = &planes.data[b * planes.image(g) + q0..];
         let mut out = scratch(cout * NR);
         // With a few row tiles the whole depth goes in one call (fewer passes over the
@@ -1266,7 +1300,7 @@ fn fwd_pointwise(g: &Geom, x: &[f32], w: &[f32], y: &mut [MaybeUninit<f32>]) {
         .step_by(PW_PANELS)
         .map(|j| (j * NR, (PW_PANELS * NR).min(p - j * NR)))
         .collect();
-    let want = 4 * rayon::current_num_threads();
+    let want = 4 * crate::par::threads();
     let splits = want
         .div_ceil(g.b * pblocks.len())
         .min(cout.div_ceil(4 * MR))
@@ -1283,7 +1317,7 @@ fn fwd_pointwise(g: &Geom, x: &[f32], w: &[f32], y: &mut [MaybeUninit<f32>]) {
         .collect();
     let yp = SendPtr(y.as_mut_ptr().cast());
     assert!(x.len() == g.b * cin * p && y.len() == g.b * cout * p && w.len() == cout * cin);
-    items.into_par_iter().for_each(|(b, q0, nq, co0, m)| {
+    crate::par::for_each(&items, |&(b, q0, nq, co0, m)| {
         let xb = &x[b * cin * p..][..cin * p];
         for q in (q0..q0 + nq).step_by(NR) {
             let n = NR.min(q0 + nq - q);
@@ -1330,7 +1364,7 @@ fn fwd_channels_last(g: &Geom, x: &[f32], wp: &Packed, y: &mut [MaybeUninit<f32>
     // Blocks small enough that every thread gets one: a batch of one 8×12 map is a single
     // block of PB pixels, which left the second core idle (two 48-pixel blocks: 2.9 →
     // 1.6 ms for 512 → 512 channels with packed kernels cached).
-    let per_thread = (g.b * p_out).div_ceil(rayon::current_num_threads());
+    let per_thread = (g.b * p_out).div_ceil(crate::par::threads());
     let pb = PB.min(per_thread.next_multiple_of(MR));
     let items: Vec<(usize, usize, usize)> = (0..g.b)
         .flat_map(|b| {
@@ -1341,7 +1375,7 @@ fn fwd_channels_last(g: &Geom, x: &[f32], wp: &Packed, y: &mut [MaybeUninit<f32>
         .collect();
     let yp = SendPtr(y.as_mut_ptr().cast());
     let y_len = y.len();
-    items.into_par_iter().for_each(|(b, p0, np)| {
+    crate::par::for_each(&items, |&(b, p0, np)| {
         let xt_b = &xt[b * g.p_in() * cin..][..g.p_in() * cin];
         let mut out = scratch(np * cout);
         // Input pixel of every (tap, output pixel) of the block.
@@ -1432,16 +1466,14 @@ fn bwd_data(g: &Geom, dy: &[f32], w: &[f32], key: Option<WeightKey<'_>>) -> Vec<
             return fwd(&gg, dy, &wf, key);
         }
         // wf[ci, co, t'] = w[co, ci, taps - 1 - t'] (flipping both axes reverses the taps).
-        wf.par_chunks_mut(g.cout * taps)
-            .enumerate()
-            .for_each(|(ci, d)| {
-                for co in 0..g.cout {
-                    let src = &w[(co * g.cin + ci) * taps..][..taps];
-                    for (o, &v) in d[co * taps..][..taps].iter_mut().zip(src.iter().rev()) {
-                        *o = v;
-                    }
+        crate::par::for_chunks_mut(&mut wf, g.cout * taps, |ci, d| {
+            for co in 0..g.cout {
+                let src = &w[(co * g.cin + ci) * taps..][..taps];
+                for (o, &v) in d[co * taps..][..taps].iter_mut().zip(src.iter().rev()) {
+                    *o = v;
                 }
-            });
+            }
+        });
         return fwd(&gg, dy, &wf, key);
     }
     bwd_data_scatter(g, dy, w)
@@ -1468,28 +1500,27 @@ fn bwd_data_scatter(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
         // One pass: each image's reorderings happen in its item, in thread scratch (every
         // pass over the batch costs the threads a wake-up and the caches a sweep).
         let all: Vec<usize> = (0..wp.panels()).collect();
-        dx.par_chunks_mut(cin * p_in)
-            .zip(dy.par_chunks(cout * p_out))
-            .for_each(|(dx_b, dy_b)| {
-                let mut dyt = scratch(p_out * cout);
-                transpose(dy_b, cout, p_out, &mut dyt);
-                let mut dxt = scratch(p_in * cin);
-                dxt.fill(0.0);
-                let dxt_ptr = SendPtr(dxt.as_mut_ptr());
-                // SAFETY: dxt holds one image; nothing else touches it.
-                unsafe { scatter_image(g, &dyt, &wp, &runs, &all, dxt_ptr) };
-                transpose(&dxt, p_in, cin, dx_b);
-            });
+        crate::par::for_chunks_mut(&mut dx, cin * p_in, |b, dx_b| {
+            let dy_b = &dy[b * cout * p_out..][..cout * p_out];
+            let mut dyt = scratch(p_out * cout);
+            transpose(dy_b, cout, p_out, &mut dyt);
+            let mut dxt = scratch(p_in * cin);
+            dxt.fill(0.0);
+            let dxt_ptr = SendPtr(dxt.as_mut_ptr());
+            // SAFETY: dxt holds one image; nothing else touches it.
+            unsafe { scatter_image(g, &dyt, &wp, &runs, &all, dxt_ptr) };
+            transpose(&dxt, p_in, cin, dx_b);
+        });
         return dx;
     }
     let dyt = to_channels_last(dy, g.b, cout, p_out);
     let mut dxt = pool::take(g.b * p_in * cin);
-    dxt.par_chunks_mut(1 << 14).for_each(|c| c.fill(0.0));
+    crate::par::for_chunks_mut(&mut dxt, 1 << 14, |_, c| c.fill(0.0));
     let items: Vec<(usize, usize)> = (0..g.b)
         .flat_map(|b| (0..groups).map(move |cg| (b, cg)))
         .collect();
     let dxp = SendPtr(dxt.as_mut_ptr());
-    items.into_par_iter().for_each(|(b, cg)| {
+    crate::par::for_each(&items, |&(b, cg)| {
         let panels: Vec<usize> = (0..taps).map(|t| t * groups + cg).collect();
         let dyt_b = &dyt[b * p_out * cout..][..p_out * cout];
         // SAFETY: image b of dxt; items add into disjoint channel blocks of it (the
@@ -1505,9 +1536,9 @@ fn bwd_data_scatter(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
             )
         };
     });
-    dx.par_chunks_mut(cin * p_in)
-        .zip(dxt.par_chunks(cin * p_in))
-        .for_each(|(d, s)| transpose(s, p_in, cin, d));
+    crate::par::for_chunks_mut(&mut dx, cin * p_in, |b, d| {
+        transpose(&dxt[b * cin * p_in..][..cin * p_in], p_in, cin, d)
+    });
     dx
 }
 
@@ -1602,11 +1633,12 @@ fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 .map(move |p0| (b, p0, span.min(p_out - p0)))
         })
         .collect();
-    let shares = rayon::current_num_threads().clamp(1, items.len());
+    let shares = crate::par::threads().clamp(1, items.len());
     let per = items.len().div_ceil(shares);
-    let sum = items
-        .par_chunks(per)
-        .map(|share| {
+    let sum = crate::par::map_reduce(
+        items.len().div_ceil(per),
+        |i| {
+            let share = &items[i * per..items.len().min((i + 1) * per)];
             let mut acc = pool::take(cout * k);
             acc.fill(0.0);
             let mut cols = pool::take(KC * NR);
@@ -1644,12 +1676,13 @@ fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 }
             }
             acc
-        })
-        .reduce_with(|mut a, b| {
+        },
+        |mut a, b| {
             a.iter_mut().zip(b.iter()).for_each(|(x, y)| *x += y);
             a
-        })
-        .expect("at least one share");
+        },
+    )
+    .expect("at least one share");
     // Channels-last columns back to the kernel's (ci, a, c) order.
     for (d, s) in dw.chunks_exact_mut(k).zip(sum.chunks_exact(k)) {
         transpose(s, taps, cin, d);
@@ -1668,14 +1701,13 @@ fn bwd_weight_shifted(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let grid = g.oh * wp;
     let gpad = grid.next_multiple_of(16);
     let mut dyp = pool::take(g.b * cout * gpad);
-    dyp.par_chunks_mut(gpad)
-        .zip(dy.par_chunks(p_out))
-        .for_each(|(d, s)| {
-            d.fill(0.0);
-            for (oy, row) in s.chunks_exact(g.ow).enumerate() {
-                d[oy * wp..][..g.ow].copy_from_slice(row);
-            }
-        });
+    crate::par::for_chunks_mut(&mut dyp, gpad, |i, d| {
+        let s = &dy[i * p_out..][..p_out];
+        d.fill(0.0);
+        for (oy, row) in s.chunks_exact(g.ow).enumerate() {
+            d[oy * wp..][..g.ow].copy_from_slice(row);
+        }
+    });
     let mut offs = planes.offsets(g);
     // Whole tiles of taps: the padding taps read plane 0 and are thrown away.
     offs.resize(k.next_multiple_of(dots::J_MAX), 0);
@@ -1684,11 +1716,12 @@ fn bwd_weight_shifted(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let items: Vec<(usize, usize)> = (0..g.b)
         .flat_map(|b| (0..gpad).step_by(span).map(move |q0| (b, q0)))
         .collect();
-    let shares = rayon::current_num_threads().clamp(1, items.len());
+    let shares = crate::par::threads().clamp(1, items.len());
     let per = items.len().div_ceil(shares);
-    let sum = items
-        .par_chunks(per)
-        .map(|share| {
+    let sum = crate::par::map_reduce(
+        items.len().div_ceil(per),
+        |i| {
+            let share = &items[i * per..items.len().min((i + 1) * per)];
             let mut acc = vec![0.0f32; cout * k];
             for &(b, q0) in share {
                 let q1 = (q0 + span).min(gpad);
@@ -1697,12 +1730,13 @@ fn bwd_weight_shifted(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
                 dots::run(&dyb[q0..], gpad, cout, q1 - q0, base, &offs, k, &mut acc);
             }
             acc
-        })
-        .reduce_with(|mut a, b| {
+        },
+        |mut a, b| {
             a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
             a
-        })
-        .expect("at least one share");
+        },
+    )
+    .expect("at least one share");
     dw.copy_from_slice(&sum);
 }
 

@@ -11,6 +11,7 @@
 //! - [`rmsprop`]: RMSprop with Keras semantics (candle has none, and its optimizers hide
 //!   their state, which checkpoints need).
 //! - [`sampling`]: temperature reweighting and multinomial draws.
+//! - [`gram`]: the Gram matrix `F · Fᵀ` of style losses, on the convolutions' kernel.
 //! - [`fastmath`]: vectorized exp/sigmoid/tanh used by the CPU kernels.
 //! - `smallgemm` (private): the AVX-512 kernel for the LSTM's matmuls.
 //! - `pool` (private): recycled buffers for the CPU kernels.
@@ -18,7 +19,9 @@
 pub mod bias;
 pub mod conv;
 pub mod fastmath;
+pub mod gram;
 pub mod lstm;
+mod par;
 mod pool;
 pub mod pool2d;
 pub mod rmsprop;

@@ -9,7 +9,6 @@
 //! ([`max_pool2d_composed`], [`avg_pool2d_composed`]).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
-use rayon::prelude::*;
 
 /// Window size, stride and padding of [`max_pool2d`] and [`avg_pool2d`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,28 +289,25 @@ impl CustomOp1 for MaxPool {
         // each window's rows, in scan order within both (so the value is the first
         // maximum's, as [`argmax`] finds it), a vectorisable pass along rows for the
         // second. (The window-by-window scan took ~2% of a DeepDream step.)
-        y.par_chunks_mut(g.plane_out())
-            .zip(x.par_chunks(g.plane_in()))
-            .for_each_init(
-                || vec![0f32; g.h * g.ow],
-                |hm, (y, x)| {
-                    for (row, out) in x.chunks_exact(g.w).zip(hm.chunks_exact_mut(g.ow)) {
-                        for (ox, o) in out.iter_mut().enumerate() {
-                            let (c0, c1) = g.cols(ox);
-                            *o = row[c0 + 1..c1].iter().fold(row[c0], |m, &v| nan_max(m, v));
-                        }
+        crate::par::for_chunks_mut(&mut y, g.plane_out(), |i, y| {
+            let x = &x[i * g.plane_in()..][..g.plane_in()];
+            let hm = &mut vec![0f32; g.h * g.ow];
+            for (row, out) in x.chunks_exact(g.w).zip(hm.chunks_exact_mut(g.ow)) {
+                for (ox, o) in out.iter_mut().enumerate() {
+                    let (c0, c1) = g.cols(ox);
+                    *o = row[c0 + 1..c1].iter().fold(row[c0], |m, &v| nan_max(m, v));
+                }
+            }
+            for (oy, out) in y.chunks_exact_mut(g.ow).enumerate() {
+                let (r0, r1) = g.rows(oy);
+                out.copy_from_slice(&hm[r0 * g.ow..][..g.ow]);
+                for r in r0 + 1..r1 {
+                    for (o, &v) in out.iter_mut().zip(&hm[r * g.ow..][..g.ow]) {
+                        *o = nan_max(*o, v);
                     }
-                    for (oy, out) in y.chunks_exact_mut(g.ow).enumerate() {
-                        let (r0, r1) = g.rows(oy);
-                        out.copy_from_slice(&hm[r0 * g.ow..][..g.ow]);
-                        for r in r0 + 1..r1 {
-                            for (o, &v) in out.iter_mut().zip(&hm[r * g.ow..][..g.ow]) {
-                                *o = nan_max(*o, v);
-                            }
-                        }
-                    }
-                },
-            );
+                }
+            }
+        });
         Ok((CpuStorage::F32(y), Shape::from((n, c, g.oh, g.ow))))
     }
 
@@ -345,16 +341,15 @@ impl CustomOp2 for MaxPoolGrad {
             bail!("max_pool2d backward: {:?} vs {:?}", xl.dims(), gl.dims())
         }
         let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(g.plane_in())
-            .zip(x.par_chunks(g.plane_in()))
-            .zip(dy.par_chunks(g.plane_out()))
-            .for_each(|((dx, x), dy)| {
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        dx[argmax(g, x, oy, ox)] += dy[oy * g.ow + ox];
-                    }
+        crate::par::for_chunks_mut(&mut dx, g.plane_in(), |i, dx| {
+            let x = &x[i * g.plane_in()..][..g.plane_in()];
+            let dy = &dy[i * g.plane_out()..][..g.plane_out()];
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    dx[argmax(g, x, oy, ox)] += dy[oy * g.ow + ox];
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }
 }
@@ -411,42 +406,38 @@ impl BoxSum {
         // The zero-bordered row: input column j at pl + j, output column ox reads
         // ox .. ox + kw.
         let len = (ow + kw - 1).max(pl + w);
-        dst.par_chunks_mut(oh * ow)
-            .zip(src.par_chunks(h * w))
-            .for_each_init(
-                || vec![0f32; len],
-                |row, (dst, src)| {
-                    row.fill(0.0);
-                    for oy in 0..oh {
-                        let mid = &mut row[pl..pl + w];
-                        // Input rows oy - pt .. oy - pt + kh, clipped.
-                        let r0 = oy.saturating_sub(pt);
-                        let r1 = (oy + kh).saturating_sub(pt).min(h);
-                        match (r0..r1).next() {
-                            None => mid.fill(0.0),
-                            Some(r) => {
-                                mid.copy_from_slice(&src[r * w..][..w]);
-                                for r in r0 + 1..r1 {
-                                    for (m, &v) in mid.iter_mut().zip(&src[r * w..][..w]) {
-                                        *m += v;
-                                    }
-                                }
+        crate::par::for_chunks_mut(dst, oh * ow, |i, dst| {
+            let src = &src[i * h * w..][..h * w];
+            let row = &mut vec![0f32; len];
+            for oy in 0..oh {
+                let mid = &mut row[pl..pl + w];
+                // Input rows oy - pt .. oy - pt + kh, clipped.
+                let r0 = oy.saturating_sub(pt);
+                let r1 = (oy + kh).saturating_sub(pt).min(h);
+                match (r0..r1).next() {
+                    None => mid.fill(0.0),
+                    Some(r) => {
+                        mid.copy_from_slice(&src[r * w..][..w]);
+                        for r in r0 + 1..r1 {
+                            for (m, &v) in mid.iter_mut().zip(&src[r * w..][..w]) {
+                                *m += v;
                             }
-                        }
-                        let out = &mut dst[oy * ow..][..ow];
-                        out.copy_from_slice(&row[..ow]);
-                        for c in 1..kw {
-                            for (o, &v) in out.iter_mut().zip(&row[c..c + ow]) {
-                                *o += v;
-                            }
-                        }
-                        let r = rs[oy];
-                        for (o, &c) in out.iter_mut().zip(cs) {
-                            *o *= r * c;
                         }
                     }
-                },
-            );
+                }
+                let out = &mut dst[oy * ow..][..ow];
+                out.copy_from_slice(&row[..ow]);
+                for c in 1..kw {
+                    for (o, &v) in out.iter_mut().zip(&row[c..c + ow]) {
+                        *o += v;
+                    }
+                }
+                let r = rs[oy];
+                for (o, &c) in out.iter_mut().zip(cs) {
+                    *o *= r * c;
+                }
+            }
+        });
     }
 }
 
@@ -477,21 +468,20 @@ impl CustomOp1 for AvgPool {
             k.planes(x, &mut y, &rs, &cs);
             return Ok((CpuStorage::F32(y), Shape::from((n, c, g.oh, g.ow))));
         }
-        y.par_chunks_mut(g.plane_out())
-            .zip(x.par_chunks(g.plane_in()))
-            .for_each(|(y, x)| {
-                for oy in 0..g.oh {
-                    let rows = g.rows(oy);
-                    for ox in 0..g.ow {
-                        let cols = g.cols(ox);
-                        let mut s = 0f32;
-                        for r in rows.0..rows.1 {
-                            s += x[r * g.w..][cols.0..cols.1].iter().sum::<f32>();
-                        }
-                        y[oy * g.ow + ox] = s / count(g, self.count_include_pad, rows, cols);
+        crate::par::for_chunks_mut(&mut y, g.plane_out(), |i, y| {
+            let x = &x[i * g.plane_in()..][..g.plane_in()];
+            for oy in 0..g.oh {
+                let rows = g.rows(oy);
+                for ox in 0..g.ow {
+                    let cols = g.cols(ox);
+                    let mut s = 0f32;
+                    for r in rows.0..rows.1 {
+                        s += x[r * g.w..][cols.0..cols.1].iter().sum::<f32>();
                     }
+                    y[oy * g.ow + ox] = s / count(g, self.count_include_pad, rows, cols);
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(y), Shape::from((n, c, g.oh, g.ow))))
     }
 
@@ -534,40 +524,37 @@ impl CustomOp1 for AvgPoolGrad {
                 k.planes(dy, &mut dx, &vec![rs[0]; g.h], &vec![cs[0]; g.w]);
             } else {
                 let mut scaled = vec![0f32; dy.len()];
-                scaled
-                    .par_chunks_mut(g.plane_out())
-                    .zip(dy.par_chunks(g.plane_out()))
-                    .for_each(|(d, s)| {
-                        for (oy, (d, s)) in d
-                            .chunks_exact_mut(g.ow)
-                            .zip(s.chunks_exact(g.ow))
-                            .enumerate()
-                        {
-                            for ((d, &s), &c) in d.iter_mut().zip(s).zip(&cs) {
-                                *d = s * rs[oy] * c;
-                            }
+                crate::par::for_chunks_mut(&mut scaled, g.plane_out(), |i, d| {
+                    let s = &dy[i * g.plane_out()..][..g.plane_out()];
+                    for (oy, (d, s)) in d
+                        .chunks_exact_mut(g.ow)
+                        .zip(s.chunks_exact(g.ow))
+                        .enumerate()
+                    {
+                        for ((d, &s), &c) in d.iter_mut().zip(s).zip(&cs) {
+                            *d = s * rs[oy] * c;
                         }
-                    });
+                    }
+                });
                 k.planes(&scaled, &mut dx, &vec![1.0; g.h], &vec![1.0; g.w]);
             }
             return Ok((CpuStorage::F32(dx), Shape::from((n, c, g.h, g.w))));
         }
-        dx.par_chunks_mut(g.plane_in())
-            .zip(dy.par_chunks(g.plane_out()))
-            .for_each(|(dx, dy)| {
-                for oy in 0..g.oh {
-                    let rows = g.rows(oy);
-                    for ox in 0..g.ow {
-                        let cols = g.cols(ox);
-                        let v = dy[oy * g.ow + ox] / count(g, self.count_include_pad, rows, cols);
-                        for r in rows.0..rows.1 {
-                            dx[r * g.w..][cols.0..cols.1]
-                                .iter_mut()
-                                .for_each(|d| *d += v);
-                        }
+        crate::par::for_chunks_mut(&mut dx, g.plane_in(), |i, dx| {
+            let dy = &dy[i * g.plane_out()..][..g.plane_out()];
+            for oy in 0..g.oh {
+                let rows = g.rows(oy);
+                for ox in 0..g.ow {
+                    let cols = g.cols(ox);
+                    let v = dy[oy * g.ow + ox] / count(g, self.count_include_pad, rows, cols);
+                    for r in rows.0..rows.1 {
+                        dx[r * g.w..][cols.0..cols.1]
+                            .iter_mut()
+                            .for_each(|d| *d += v);
                     }
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(dx), Shape::from((n, c, g.h, g.w))))
     }
 }

@@ -6,7 +6,6 @@
 //! The state (velocities, iteration count) is public so checkpoints can hold it.
 
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor, Var, backprop::GradStore};
-use rayon::prelude::*;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RmsPropConfig {
@@ -177,14 +176,18 @@ fn step_cpu_f32(
             let update = (g * lr + 0.0) / (nv * 1.0 + eps).sqrt();
             (p - update, nv)
         };
-        let (new_p, new_v): (Vec<f32>, Vec<f32>) = ps
-            .par_iter()
-            .zip(vs)
-            .zip(gs)
-            .with_min_len(1 << 14)
-            .map(update)
-            .unzip();
-        (new_p, new_v)
+        const CHUNK: usize = 1 << 14;
+        let mut out = vec![(0f32, 0f32); ps.len()];
+        crate::par::for_chunks_mut(&mut out, CHUNK, |k, o| {
+            let r = k * CHUNK..k * CHUNK + o.len();
+            for (o, x) in o
+                .iter_mut()
+                .zip(ps[r.clone()].iter().zip(&vs[r.clone()]).zip(&gs[r]))
+            {
+                *o = update(x);
+            }
+        });
+        out.into_iter().unzip()
     };
     p.set(&Tensor::from_vec(new_p, p.shape(), p.device())?)?;
     Ok(Some(Tensor::from_vec(new_v, p.shape(), p.device())?))

@@ -138,8 +138,9 @@ pub fn target_size(
 /// `F · Fᵀ` of features `(1, C, H, W)` seen as `C × (H·W)`.
 pub fn gram(features: &Tensor) -> Result<Tensor> {
     let (_, c, h, w) = features.dims4()?;
-    let f = features.reshape((c, h * w))?;
-    Ok(f.matmul(&f.t()?)?)
+    Ok(oneiro_tensor_ops::gram::gram(
+        &features.reshape((c, h * w))?,
+    )?)
 }
 
 /// `Σ (combination − target)²`.

@@ -1,0 +1,124 @@
+//! Parallel loops on candle's own CPU worker pool.
+//!
+//! candle runs its CPU ops on a barrier pool: the calling thread plus `threads − 1`
+//! workers that spin for a while (~25,000 pause instructions) after each op before they
+//! park. Our kernels used rayon's global pool, two *other* threads, so right after every
+//! candle op three threads competed for two cores, and the calling thread slept while
+//! rayon's worked. Running our loops on candle's pool keeps one set of threads busy: the
+//! caller takes part, and the worker that is still spinning from the last candle op picks
+//! the work up at once. rayon stays for everything off the hot path.
+
+use std::cell::Cell;
+
+thread_local! {
+    /// Set while this thread runs a [`for_each_index`] body: a nested call runs inline
+    /// (candle's pool serializes callers with a lock that its calling thread holds).
+    static INSIDE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// `f(i)` for every `i < n`, spread over candle's pool (dynamic chunks).
+pub(crate) fn for_each_index(n: usize, f: impl Fn(usize) + Sync) {
+    if n == 0 {
+        return;
+    }
+    if n == 1 || INSIDE.with(Cell::get) {
+        (0..n).for_each(f);
+        return;
+    }
+    candle_core::utils::barrier_pool().execute_chunked(n, |range| {
+        let was = INSIDE.with(|c| c.replace(true));
+        range.for_each(&f);
+        INSIDE.with(|c| c.set(was));
+    });
+}
+
+/// The threads a loop is spread over: the caller and candle's pool workers.
+pub(crate) fn threads() -> usize {
+    candle_core::utils::barrier_pool().n_workers() + 1
+}
+
+/// `reduce` over `map(share)` for `share < shares`, the maps spread over candle's pool
+/// (the reduction runs on the calling thread, in share order).
+pub(crate) fn map_reduce<R: Send>(
+    shares: usize,
+    map: impl Fn(usize) -> R + Sync,
+    reduce: impl FnMut(R, R) -> R,
+) -> Option<R> {
+    let out: Vec<std::sync::Mutex<Option<R>>> =
+        (0..shares).map(|_| std::sync::Mutex::new(None)).collect();
+    for_each_index(shares, |i| {
+        let r = map(i);
+        *out[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+    });
+    out.into_iter()
+        .filter_map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .reduce(reduce)
+}
+
+/// `f(item)` for every item, spread over candle's pool.
+pub(crate) fn for_each<T: Sync>(items: &[T], f: impl Fn(&T) + Sync) {
+    for_each_index(items.len(), |i| f(&items[i]));
+}
+
+struct Ptr<T>(*mut T);
+impl<T> Clone for Ptr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Ptr<T> {}
+// SAFETY: only used to hand disjoint chunks of one slice to the pool's threads.
+unsafe impl<T: Send> Send for Ptr<T> {}
+unsafe impl<T: Send> Sync for Ptr<T> {}
+
+impl<T> Ptr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// `f(k, chunk)` for the `k`-th chunk of `chunk` elements of `data` (the last may be
+/// shorter), spread over candle's pool.
+pub(crate) fn for_chunks_mut<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let (len, chunk) = (data.len(), chunk.max(1));
+    let p = Ptr(data.as_mut_ptr());
+    for_each_index(len.div_ceil(chunk), |k| {
+        let start = k * chunk;
+        let n = chunk.min(len - start);
+        // SAFETY: chunk k covers start .. start + n ≤ len of `data`, which is borrowed
+        // mutably for the whole call; distinct k give disjoint ranges.
+        f(k, unsafe {
+            std::slice::from_raw_parts_mut(p.get().add(start), n)
+        })
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn every_index_once_even_nested() {
+        let hits: Vec<AtomicUsize> = (0..100).map(|_| AtomicUsize::new(0)).collect();
+        for_each_index(10, |i| {
+            for_each_index(10, |j| {
+                hits[i * 10 + j].fetch_add(1, Ordering::Relaxed);
+            })
+        });
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+    }
+
+    #[test]
+    fn chunks_cover_the_slice() {
+        let mut v = vec![0usize; 1001];
+        for_chunks_mut(&mut v, 64, |k, c| c.iter_mut().for_each(|x| *x += k + 1));
+        for (i, x) in v.iter().enumerate() {
+            assert_eq!(*x, i / 64 + 1);
+        }
+    }
+}
