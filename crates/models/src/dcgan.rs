@@ -12,9 +12,9 @@
 //! PyTorch-style (`generator.conv1.weight` ...).
 
 use candle_core::{DType, Device, Result, Tensor, Var, bail};
-use oneiro_tensor_ops::bias::{add_channel_bias, add_channel_bias_relu};
+use oneiro_tensor_ops::bias::add_channel_bias;
 use oneiro_tensor_ops::conv::{
-    Conv2dParams, ConvTranspose2dParams, conv_transpose2d, conv2d, conv2d_bias_relu,
+    Conv2dParams, ConvTranspose2dParams, conv_transpose2d_bias_relu, conv2d, conv2d_bias_relu,
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -278,11 +278,7 @@ impl Dcgan {
             padding: 1,
             output_padding: 0,
         };
-        let x = add_channel_bias_relu(
-            &conv_transpose2d(&x, &g.get(4, false), up)?,
-            &g.get(5, false),
-            s as f32,
-        )?;
+        let x = conv_transpose2d_bias_relu(&x, &g.get(4, false), &g.get(5, false), up, s as f32)?;
         let x = conv_leaky(&x, 6, Conv2dParams::same(5))?;
         let x = conv_leaky(&x, 8, Conv2dParams::same(5))?;
         conv(&x, 10, Conv2dParams::same(7))?.tanh()

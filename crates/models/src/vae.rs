@@ -14,7 +14,9 @@
 
 use candle_core::{D, DType, Device, Result, Tensor, Var, bail};
 use oneiro_tensor_ops::bias::add_channel_bias;
-use oneiro_tensor_ops::conv::{Conv2dParams, ConvTranspose2dParams, conv_transpose2d, conv2d};
+use oneiro_tensor_ops::conv::{
+    Conv2dParams, ConvTranspose2dParams, conv_transpose2d_bias_relu, conv2d, conv2d_bias_relu,
+};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -182,6 +184,12 @@ impl Vae {
         add_channel_bias(&conv2d(x, self.p(w), p)?, self.p(w + 1))
     }
 
+    /// `relu(conv(x) + b)` as one node on the CPU (ReLU's gradient at 0 is 0, as in
+    /// TensorFlow and PyTorch).
+    fn conv_relu(&self, x: &Tensor, w: usize, p: Conv2dParams) -> Result<Tensor> {
+        conv2d_bias_relu(x, self.p(w), self.p(w + 1), p, 0.0)
+    }
+
     fn dense(&self, x: &Tensor, w: usize) -> Result<Tensor> {
         x.matmul(&self.p(w).t()?)?.broadcast_add(self.p(w + 1))
     }
@@ -196,15 +204,15 @@ impl Vae {
             )
         }
         let same = Conv2dParams::same(3);
-        let x = self.conv(images, 0, same)?.relu()?;
+        let x = self.conv_relu(images, 0, same)?;
         // Keras `same` at stride 2 on 28: pad 0 before and 1 after on each axis.
         let down = Conv2dParams {
             stride: (2, 2),
             padding: [0, 1, 0, 1],
         };
-        let x = self.conv(&x, 2, down)?.relu()?;
-        let x = self.conv(&x, 4, same)?.relu()?;
-        let x = self.conv(&x, 6, same)?.relu()?;
+        let x = self.conv_relu(&x, 2, down)?;
+        let x = self.conv_relu(&x, 4, same)?;
+        let x = self.conv_relu(&x, 6, same)?;
         let x = self.dense(&x.reshape((b, ()))?, 8)?.relu()?;
         Ok(Encoded {
             z_mean: self.dense(&x, 10)?,
@@ -222,7 +230,7 @@ impl Vae {
             output_padding: 1,
             stride: 2,
         };
-        let x = add_channel_bias(&conv_transpose2d(&x, self.p(16), up)?, self.p(17))?.relu()?;
+        let x = conv_transpose2d_bias_relu(&x, self.p(16), self.p(17), up, 0.0)?;
         self.conv(&x, 18, Conv2dParams::same(3))
     }
 

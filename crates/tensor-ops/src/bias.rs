@@ -8,7 +8,7 @@
 //! extra full passes (and the saved intermediate) of a separate activation op and its
 //! backward. Off the CPU or outside f32: candle's ops.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, bail};
 
 /// `x (B, C, H, W) + b (C)` broadcast over batch and space; differentiable in both.
 pub fn add_channel_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -77,7 +77,13 @@ fn is_cpu_f32(x: &Tensor, b: &Tensor) -> bool {
 /// depend on the thread count.
 pub(crate) fn channel_sums(grad: &Tensor) -> Result<Tensor> {
     let (_, c, h, w) = grad.dims4()?;
-    let v = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let grad = grad.contiguous()?;
+    // Read in place (a copy into a Vec was a full extra pass per layer and step).
+    let (storage, layout) = grad.storage_and_layout();
+    let (Storage::Cpu(st), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        bail!("channel sums: not a contiguous CPU tensor")
+    };
+    let v = &st.as_slice::<f32>()?[start..end];
     let plane = (h * w).max(1);
     let mut plane_sums = vec![0f64; v.len().div_ceil(plane)];
     let per = CHUNK.div_ceil(plane);

@@ -125,29 +125,56 @@ pub fn conv2d_bias_relu(
     if !(is_cpu_f32(x, w) && is_cpu_f32(x, b)) {
         return crate::bias::add_channel_bias_relu(&conv2d(x, w, p)?, b, negative_slope);
     }
-    if !(negative_slope.is_finite() && negative_slope >= 0.0) {
-        bail!("conv2d_bias_relu: negative slope {negative_slope} must be finite and >= 0")
+    let conv = ConvOp {
+        g: conv2d_geom(x.dims4()?, w.dims4()?, p)?,
+        wid: frozen_id(w),
+        transposed: false,
+    };
+    conv_bias_act(x, w, b, conv, negative_slope)
+}
+
+/// `act(conv_transpose2d(x, w) + b)`: [`conv2d_bias_relu`] for the transposed
+/// convolution (kernel `(C_in, C_out, KH, KW)`, bias `(C_out)`).
+pub fn conv_transpose2d_bias_relu(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    p: ConvTranspose2dParams,
+    negative_slope: f32,
+) -> Result<Tensor> {
+    if !(is_cpu_f32(x, w) && is_cpu_f32(x, b)) {
+        let y = conv_transpose2d(x, w, p)?;
+        return crate::bias::add_channel_bias_relu(&y, b, negative_slope);
     }
-    let g = conv2d_geom(x.dims4()?, w.dims4()?, p)?;
-    if b.dims() != [w.dim(0)?] {
+    let conv = ConvOp {
+        g: conv_transpose2d_geom(x.dims4()?, w.dims4()?, p)?,
+        wid: frozen_id(w),
+        transposed: true,
+    };
+    conv_bias_act(x, w, b, conv, negative_slope)
+}
+
+/// The fused op of [`conv2d_bias_relu`] and [`conv_transpose2d_bias_relu`] on the CPU.
+fn conv_bias_act(x: &Tensor, w: &Tensor, b: &Tensor, conv: ConvOp, slope: f32) -> Result<Tensor> {
+    if !(slope.is_finite() && slope >= 0.0) {
+        bail!("conv2d_bias_relu: negative slope {slope} must be finite and >= 0")
+    }
+    let cout = if conv.transposed {
+        w.dim(1)?
+    } else {
+        w.dim(0)?
+    };
+    if b.dims() != [cout] {
         bail!(
             "conv2d_bias_relu: bias of shape {:?} for a kernel of shape {:?}",
             b.dims(),
             w.dims()
         )
     }
-    let conv = ConvOp {
-        g,
-        wid: frozen_id(w),
-        transposed: false,
-    };
     x.contiguous()?.apply_op3(
         &w.contiguous()?,
         &b.contiguous()?,
-        ConvBiasAct {
-            conv,
-            slope: negative_slope,
-        },
+        ConvBiasAct { conv, slope },
     )
 }
 
@@ -2782,6 +2809,40 @@ mod tests {
             )
             .is_err()
         );
+        Ok(())
+    }
+
+    /// The transposed form: bit-identical to `add_channel_bias_relu(conv_transpose2d(..))`
+    /// in output and gradients (the VAE's 3×3 stride-2 case and a 4×4 one like the GAN's).
+    #[test]
+    fn fused_transposed_bias_relu_equals_the_composition() -> Result<()> {
+        let cases = [
+            ((2, 6, 5, 5), (6, 4, 3, 3), (2, 1, 1)),
+            ((1, 3, 4, 3), (3, 5, 4, 4), (2, 1, 0)),
+        ];
+        for (i, (xd, wd, (stride, padding, output_padding))) in cases.into_iter().enumerate() {
+            let p = ConvTranspose2dParams {
+                stride,
+                padding,
+                output_padding,
+            };
+            let x = Var::from_tensor(&random(xd, 300 + i as u64))?;
+            let w = Var::from_tensor(&random(wd, 310 + i as u64))?;
+            let b = Var::from_tensor(&Tensor::from_vec(values(wd.1, 320), wd.1, &Device::Cpu)?)?;
+            for slope in [0.0f32, 0.3] {
+                let fused = conv_transpose2d_bias_relu(&x, &w, &b, p, slope)?;
+                let composed =
+                    crate::bias::add_channel_bias_relu(&conv_transpose2d(&x, &w, p)?, &b, slope)?;
+                assert_eq!(to_f64(&fused), to_f64(&composed), "case {i}: forward");
+                let r = random(fused.dims4()?, 7);
+                let gf = (&fused * &r)?.sum_all()?.backward()?;
+                let gc = (&composed * &r)?.sum_all()?.backward()?;
+                for (t, name) in [(&x, "x"), (&w, "w"), (&b, "b")] {
+                    let (f, c) = (gf.get(t).unwrap(), gc.get(t).unwrap());
+                    assert_eq!(to_f64(f), to_f64(c), "case {i} slope {slope}: d/d{name}");
+                }
+            }
+        }
         Ok(())
     }
 

@@ -30,8 +30,8 @@ mod smallgemm;
 
 pub use bias::add_channel_bias_relu;
 pub use conv::{
-    Conv2dParams, ConvTranspose2dParams, conv_transpose2d, conv_transpose2d_candle, conv2d,
-    conv2d_bias_relu, conv2d_candle,
+    Conv2dParams, ConvTranspose2dParams, conv_transpose2d, conv_transpose2d_bias_relu,
+    conv_transpose2d_candle, conv2d, conv2d_bias_relu, conv2d_candle,
 };
 pub use lstm::{
     CpuLstmRunner, LstmSeq, RunnerScratch, Wavefront, lstm_last_hidden, lstm_last_hidden_reference,

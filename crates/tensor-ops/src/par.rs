@@ -97,6 +97,28 @@ pub(crate) fn for_chunks_mut<T: Send>(
     });
 }
 
+/// [`for_chunks_mut`] over two slices of one length at once: `f(k, a_chunk, b_chunk)`.
+pub(crate) fn for_chunks_mut2<A: Send, B: Send>(
+    a: &mut [A],
+    b: &mut [B],
+    chunk: usize,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync,
+) {
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "for_chunks_mut2: slices of different lengths"
+    );
+    let chunk = chunk.max(1);
+    let pb = Ptr(b.as_mut_ptr());
+    for_chunks_mut(a, chunk, |k, ca| {
+        // SAFETY: the same range of `b` as `ca` is of `a` (equal lengths, asserted);
+        // `b` is borrowed mutably for the whole call and distinct k are disjoint.
+        let cb = unsafe { std::slice::from_raw_parts_mut(pb.get().add(k * chunk), ca.len()) };
+        f(k, ca, cb)
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +142,16 @@ mod tests {
         for (i, x) in v.iter().enumerate() {
             assert_eq!(*x, i / 64 + 1);
         }
+    }
+
+    #[test]
+    fn paired_chunks_line_up() {
+        let (mut a, mut b) = (vec![0usize; 300], vec![0usize; 300]);
+        for_chunks_mut2(&mut a, &mut b, 64, |k, ca, cb| {
+            for (i, (x, y)) in ca.iter_mut().zip(cb.iter_mut()).enumerate() {
+                (*x, *y) = (k * 64 + i, 2 * (k * 64 + i));
+            }
+        });
+        assert!((0..300).all(|i| a[i] == i && b[i] == 2 * i));
     }
 }

@@ -177,17 +177,28 @@ fn step_cpu_f32(
             (p - update, nv)
         };
         const CHUNK: usize = 1 << 14;
-        let mut out = vec![(0f32, 0f32); ps.len()];
-        crate::par::for_chunks_mut(&mut out, CHUNK, |k, o| {
-            let r = k * CHUNK..k * CHUNK + o.len();
-            for (o, x) in o
-                .iter_mut()
-                .zip(ps[r.clone()].iter().zip(&vs[r.clone()]).zip(&gs[r]))
-            {
-                *o = update(x);
-            }
-        });
-        out.into_iter().unzip()
+        let n = ps.len();
+        let (mut new_p, mut new_v) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        crate::par::for_chunks_mut2(
+            &mut new_p.spare_capacity_mut()[..n],
+            &mut new_v.spare_capacity_mut()[..n],
+            CHUNK,
+            |k, op, ov| {
+                let r = k * CHUNK..k * CHUNK + op.len();
+                let xs = ps[r.clone()].iter().zip(&vs[r.clone()]).zip(&gs[r]);
+                for ((op, ov), x) in op.iter_mut().zip(ov.iter_mut()).zip(xs) {
+                    let (p, v) = update(x);
+                    op.write(p);
+                    ov.write(v);
+                }
+            },
+        );
+        // SAFETY: every element of both was written above.
+        unsafe {
+            new_p.set_len(n);
+            new_v.set_len(n);
+        }
+        (new_p, new_v)
     };
     p.set(&Tensor::from_vec(new_p, p.shape(), p.device())?)?;
     Ok(Some(Tensor::from_vec(new_v, p.shape(), p.device())?))
