@@ -156,17 +156,17 @@ pub fn conv_transpose2d_bias_relu(
 
 /// The fused op of [`conv2d_bias_relu`] and [`conv_transpose2d_bias_relu`] on the CPU.
 fn conv_bias_act(x: &Tensor, w: &Tensor, b: &Tensor, conv: ConvOp, slope: f32) -> Result<Tensor> {
-    if !(slope.is_finite() && slope >= 0.0) {
-        bail!("conv2d_bias_relu: negative slope {slope} must be finite and >= 0")
-    }
-    let cout = if conv.transposed {
-        w.dim(1)?
+    let (what, cout) = if conv.transposed {
+        ("conv_transpose2d_bias_relu", w.dim(1)?)
     } else {
-        w.dim(0)?
+        ("conv2d_bias_relu", w.dim(0)?)
     };
+    if !(slope.is_finite() && slope >= 0.0) {
+        bail!("{what}: negative slope {slope} must be finite and >= 0")
+    }
     if b.dims() != [cout] {
         bail!(
-            "conv2d_bias_relu: bias of shape {:?} for a kernel of shape {:?}",
+            "{what}: bias of shape {:?} for a kernel of shape {:?}",
             b.dims(),
             w.dims()
         )

@@ -8,7 +8,10 @@
 //! caller takes part, and the worker that is still spinning from the last candle op picks
 //! the work up at once. rayon stays for everything off the hot path.
 
+use std::any::Any;
 use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
+use std::sync::Mutex;
 
 thread_local! {
     /// Set while this thread runs a [`for_each_index`] body: a nested call runs inline
@@ -25,11 +28,23 @@ pub(crate) fn for_each_index(n: usize, f: impl Fn(usize) + Sync) {
         (0..n).for_each(f);
         return;
     }
+    // A panic must not unwind through candle's pool: it holds its call lock across the
+    // call, and a poisoned lock fails every later candle CPU op of the process (the daemon
+    // catches a job's panic and keeps serving). So each chunk catches its own, and the
+    // first is resumed here, after the pool has let go.
+    let panicked: Mutex<Option<Box<dyn Any + Send>>> = Mutex::new(None);
     candle_core::utils::barrier_pool().execute_chunked(n, |range| {
         let was = INSIDE.with(|c| c.replace(true));
-        range.for_each(&f);
+        let run = std::panic::catch_unwind(AssertUnwindSafe(|| range.for_each(&f)));
         INSIDE.with(|c| c.set(was));
+        if let Err(payload) = run {
+            let mut first = panicked.lock().unwrap_or_else(|e| e.into_inner());
+            first.get_or_insert(payload);
+        }
     });
+    if let Some(payload) = panicked.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        std::panic::resume_unwind(payload);
+    }
 }
 
 /// The threads a loop is spread over: the caller and candle's pool workers.
@@ -44,8 +59,7 @@ pub(crate) fn map_reduce<R: Send>(
     map: impl Fn(usize) -> R + Sync,
     reduce: impl FnMut(R, R) -> R,
 ) -> Option<R> {
-    let out: Vec<std::sync::Mutex<Option<R>>> =
-        (0..shares).map(|_| std::sync::Mutex::new(None)).collect();
+    let out: Vec<Mutex<Option<R>>> = (0..shares).map(|_| Mutex::new(None)).collect();
     for_each_index(shares, |i| {
         let r = map(i);
         *out[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
@@ -153,5 +167,24 @@ mod tests {
             }
         });
         assert!((0..300).all(|i| a[i] == i && b[i] == 2 * i));
+    }
+
+    #[test]
+    fn a_panicking_body_leaves_the_pool_usable() {
+        // candle's pool must not be poisoned: its next op would fail.
+        let r = std::panic::catch_unwind(|| for_each_index(4, |i| assert!(i != 2, "boom")));
+        assert!(r.is_err());
+        assert!(!INSIDE.with(Cell::get), "the nesting flag stayed set");
+        let hits = AtomicUsize::new(0);
+        for_each_index(8, |_| {
+            hits.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(hits.load(Ordering::Relaxed), 8);
+        // A candle op big enough to run on its pool still works.
+        let t =
+            candle_core::Tensor::ones(1 << 17, candle_core::DType::F32, &candle_core::Device::Cpu)
+                .unwrap();
+        let s: f32 = (&t + &t).unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert_eq!(s, (2 << 17) as f32);
     }
 }
