@@ -140,11 +140,16 @@ fn map_planes(
 
 struct ChannelBias;
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+/// The `f32` elements of a contiguous CPU operand of custom op `what`.
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("channel bias: non-contiguous input")
+        bail!("{what}: non-contiguous input")
     };
     Ok(&s.as_slice::<f32>()?[start..end])
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    contiguous_f32(s, l, "channel bias")
 }
 
 impl CustomOp2 for ChannelBias {

@@ -47,6 +47,7 @@ use candle_core::{
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
+use crate::par::SendPtr;
 use crate::pool::{self, PoolVec};
 
 /// Stride and zero padding of [`conv2d`].
@@ -604,21 +605,6 @@ const PB: usize = 384;
 /// the weight gradient passes over it.
 const WGRAD_ITEM_FLOATS: usize = 1 << 16;
 
-/// A raw pointer that work items share: each writes a part no other item touches.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: only used to write disjoint regions from different threads (see each use).
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// A method, not a field access, so that closures capture the `Sync` wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// A buffer of a work item, kept by its thread for the next item: the items of one call
 /// are many and small (a 28×28 layer has over a hundred), and taking them from the
 /// shared [`pool`] made its lock a measurable cost. Contents are unspecified, as with
@@ -763,10 +749,11 @@ pub(crate) fn matmul(
     a_rs: usize,
     (k, n, b, rs, cs): (usize, usize, &[f32], usize, usize),
 ) -> Vec<f32> {
-    let mut c = vec![0f32; m * n];
     if m == 0 || n == 0 || k == 0 {
-        return c;
+        return vec![0f32; m * n];
     }
+    // Written whole by the first depth block of every (row block, panel): no zeroing.
+    let mut c: Vec<f32> = Vec::with_capacity(m * n);
     assert!((m - 1) * a_rs + k <= a.len(), "matmul lhs out of bounds");
     let bp = Packed::new(k, n, b, rs, cs);
     // Row blocks of a few tiles: enough items for both threads on a 64 × 64 product.
@@ -795,6 +782,8 @@ pub(crate) fn matmul(
             };
         }
     });
+    // SAFETY: the items cover every row block × panel, each writing its columns at k0 = 0.
+    unsafe { c.set_len(m * n) };
     c
 }
 
@@ -1263,7 +1252,7 @@ fn fwd_shifted(g: &Geom, x: &[f32], w: &[f32], y: &mut [MaybeUninit<f32>]) {
                 .map(move |q0| (b, q0, NR.min(grid - q0)))
         })
         .collect();
-    let yp = SendPtr(y.as_mut_ptr().cast());
+    let yp = SendPtr(y.as_mut_ptr().cast::<f32>());
     let y_len = y.len();
     crate::par::for_each(&items, |&(b, q0, nq)| {
         let base = &planes.data[b * planes.image(g) + q0..];
@@ -1342,7 +1331,7 @@ fn fwd_pointwise(g: &Geom, x: &[f32], w: &[f32], y: &mut [MaybeUninit<f32>]) {
             })
         })
         .collect();
-    let yp = SendPtr(y.as_mut_ptr().cast());
+    let yp = SendPtr(y.as_mut_ptr().cast::<f32>());
     assert!(x.len() == g.b * cin * p && y.len() == g.b * cout * p && w.len() == cout * cin);
     crate::par::for_each(&items, |&(b, q0, nq, co0, m)| {
         let xb = &x[b * cin * p..][..cin * p];
@@ -1400,7 +1389,7 @@ fn fwd_channels_last(g: &Geom, x: &[f32], wp: &Packed, y: &mut [MaybeUninit<f32>
                 .map(move |(p0, np)| (b, p0, np))
         })
         .collect();
-    let yp = SendPtr(y.as_mut_ptr().cast());
+    let yp = SendPtr(y.as_mut_ptr().cast::<f32>());
     let y_len = y.len();
     crate::par::for_each(&items, |&(b, p0, np)| {
         let xt_b = &xt[b * g.p_in() * cin..][..g.p_in() * cin];
@@ -1581,7 +1570,7 @@ unsafe fn scatter_image(
     wp: &Packed,
     runs: &[Vec<Run>],
     panels: &[usize],
-    dxt: SendPtr,
+    dxt: SendPtr<f32>,
 ) {
     let cout = g.cout;
     let mut dcol = scratch(PB.min(g.p_out()).next_multiple_of(MR) * NR);

@@ -22,10 +22,7 @@ pub fn gram(f: &Tensor) -> Result<Tensor> {
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("gram: non-contiguous input")
-    };
-    Ok(&s.as_slice::<f32>()?[start..end])
+    crate::bias::contiguous_f32(s, l, "gram")
 }
 
 struct Gram;

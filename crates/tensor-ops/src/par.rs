@@ -74,19 +74,22 @@ pub(crate) fn for_each<T: Sync>(items: &[T], f: impl Fn(&T) + Sync) {
     for_each_index(items.len(), |i| f(&items[i]));
 }
 
-struct Ptr<T>(*mut T);
-impl<T> Clone for Ptr<T> {
+/// A raw pointer that work items share: each writes a part no other item touches.
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+impl<T> Clone for SendPtr<T> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<T> Copy for Ptr<T> {}
-// SAFETY: only used to hand disjoint chunks of one slice to the pool's threads.
-unsafe impl<T: Send> Send for Ptr<T> {}
-unsafe impl<T: Send> Sync for Ptr<T> {}
+impl<T> Copy for SendPtr<T> {}
+// SAFETY: only used to write disjoint regions from different threads (see each use).
+unsafe impl<T: Send> Send for SendPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
 
-impl<T> Ptr<T> {
-    fn get(self) -> *mut T {
+impl<T> SendPtr<T> {
+    /// A method, not a field access, so that closures capture the `Sync` wrapper.
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }
@@ -99,7 +102,7 @@ pub(crate) fn for_chunks_mut<T: Send>(
     f: impl Fn(usize, &mut [T]) + Sync,
 ) {
     let (len, chunk) = (data.len(), chunk.max(1));
-    let p = Ptr(data.as_mut_ptr());
+    let p = SendPtr(data.as_mut_ptr());
     for_each_index(len.div_ceil(chunk), |k| {
         let start = k * chunk;
         let n = chunk.min(len - start);
@@ -124,7 +127,7 @@ pub(crate) fn for_chunks_mut2<A: Send, B: Send>(
         "for_chunks_mut2: slices of different lengths"
     );
     let chunk = chunk.max(1);
-    let pb = Ptr(b.as_mut_ptr());
+    let pb = SendPtr(b.as_mut_ptr());
     for_chunks_mut(a, chunk, |k, ca| {
         // SAFETY: the same range of `b` as `ca` is of `a` (equal lengths, asserted);
         // `b` is borrowed mutably for the whole call and distinct k are disjoint.
