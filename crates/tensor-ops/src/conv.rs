@@ -26,6 +26,9 @@
 //! - with many of both, output channels are the lanes, activations are reordered to
 //!   channels-last, and the kernel reads each output pixel's im2col row in place as a run
 //!   of its input pixel's channels, one tap at a time;
+//! - at stride 1 with a 5×5 kernel (or a 3×3 one being trained) between ≥ 64 channels,
+//!   Winograd's F(2×2, 5×5) (F(4×4, 3×3)): 36 products of transformed tiles × channels,
+//!   2.8× (4×) fewer multiplications than the direct sum ([`winograd`]);
 //! - the data gradient at stride 1 is the forward of `dy` with the flipped kernel; at
 //!   larger strides it is `Wᵀ · dy` scattered back (col2im) into channels-last `dx`, which
 //!   is also the transposed convolution's forward;
@@ -49,6 +52,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::par::SendPtr;
 use crate::pool::{self, PoolVec};
+
+mod winograd;
 
 /// Stride and zero padding of [`conv2d`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1145,7 +1150,11 @@ fn fwd(g: &Geom, x: &[f32], w: &[f32], key: Option<WeightKey<'_>>) -> Vec<f32> {
     // channels-last product is faster (measured 20–40% at 128 and 256 channels: there the
     // shifted form's lhs, the unpacked kernel, streams from L3, and it computes the
     // padded width's extra columns); its vector lanes are output channels, at least 16.
-    if g.is_pointwise() {
+    // Before both, stride-1 5×5 (and trained 3×3) kernels between many channels take
+    // Winograd's transform, which needs 2.8× (4×) fewer multiplications.
+    if winograd::applies(g, key.is_some()) {
+        winograd::fwd(g, x, w, y);
+    } else if g.is_pointwise() {
         fwd_pointwise(g, x, w, y);
     } else if !g.is_channels_last() {
         fwd_shifted(g, x, w, y);
@@ -2374,6 +2383,12 @@ mod tests {
         (3, 20, 7, 9, 9, 1, 1, (1, 1), [0, 0, 0, 0]),
         // Channels-last both ways with two kernel panels, the second ragged.
         (2, 70, 80, 6, 5, 3, 3, (1, 1), [1, 1, 1, 1]),
+        // Winograd both ways (forward and the flipped data gradient): 5×5 always, 3×3
+        // where the kernel is trained (the gradient tests); partial tiles, asymmetric
+        // padding, a depth block and a ragged panel.
+        (1, 64, 64, 7, 9, 5, 5, (1, 1), [2, 2, 2, 2]),
+        (2, 144, 80, 6, 5, 5, 5, (1, 1), [0, 3, 1, 2]),
+        (2, 80, 144, 6, 5, 3, 3, (1, 1), [0, 1, 1, 0]),
     ];
 
     /// Unequal strides, which candle cannot run: checked against the direct loop only.
@@ -2458,6 +2473,66 @@ mod tests {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// The Winograd forward against the direct sum, both kernel sizes: sizes that end in
+    /// partial tiles, paddings 0–3 (asymmetric too), batch 1, and channels across a depth
+    /// block with a ragged last panel. Its error stays within the direct f32 sum's bound.
+    #[test]
+    fn winograd_forward_matches_the_direct_sum() -> Result<()> {
+        let cases: &[ConvCase] = &[
+            (1, 16, 16, 7, 9, 5, 5, (1, 1), [2, 2, 2, 2]),
+            (2, 32, 16, 8, 8, 5, 5, (1, 1), [0, 3, 1, 2]),
+            (1, 16, 32, 5, 6, 3, 3, (1, 1), [1, 1, 1, 1]),
+            (2, 16, 16, 11, 4, 3, 3, (1, 1), [0, 0, 2, 3]),
+            (1, 144, 80, 9, 10, 5, 5, (1, 1), [2, 2, 2, 2]),
+            (1, 144, 80, 9, 10, 3, 3, (1, 1), [1, 1, 1, 1]),
+        ];
+        for (i, case) in cases.iter().enumerate() {
+            let (x, w, p) = conv_setup(case, 200 + i as u64);
+            let g = conv2d_geom(x.dims4()?, w.dims4()?, p)?;
+            let xv = x.flatten_all()?.to_vec1::<f32>()?;
+            let wv = w.flatten_all()?.to_vec1::<f32>()?;
+            let len = g.b * g.cout * g.p_out();
+            let mut y = Vec::with_capacity(len);
+            winograd::fwd(&g, &xv, &wv, &mut y.spare_capacity_mut()[..len]);
+            // SAFETY: the forward writes every element.
+            unsafe { y.set_len(len) };
+            let got: Vec<f64> = y.iter().map(|&v| f64::from(v)).collect();
+            let direct = direct_fwd(&g, &to_f64(&x), &to_f64(&w));
+            let err = got
+                .iter()
+                .zip(&direct)
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            eprintln!("{case:?}: max error {err:e}");
+            assert_close(&got, &direct, tol(g.k()), &format!("{case:?}"));
+        }
+        Ok(())
+    }
+
+    /// Which forwards take Winograd's transform: stride-1 5×5 kernels always, 3×3 ones
+    /// only while trained, and only between ≥ 64 channels in whole registers.
+    #[test]
+    fn winograd_is_chosen_where_it_pays() -> Result<()> {
+        let geom = |cin, cout, k, s| {
+            conv2d_geom(
+                (2, cin, 16, 16),
+                (cout, cin, k, k),
+                Conv2dParams {
+                    stride: (s, s),
+                    padding: [k / 2; 4],
+                },
+            )
+        };
+        assert!(winograd::applies(&geom(256, 256, 5, 1)?, false));
+        assert!(winograd::applies(&geom(128, 256, 5, 1)?, true));
+        assert!(winograd::applies(&geom(64, 64, 3, 1)?, false));
+        assert!(!winograd::applies(&geom(64, 64, 3, 1)?, true));
+        assert!(!winograd::applies(&geom(256, 256, 5, 2)?, false));
+        assert!(!winograd::applies(&geom(32, 64, 3, 1)?, false));
+        assert!(!winograd::applies(&geom(64, 72, 5, 1)?, false));
+        assert!(!winograd::applies(&geom(64, 64, 7, 1)?, false));
         Ok(())
     }
 
@@ -2705,6 +2780,8 @@ mod tests {
             (2, 2, 16, 5, 8, 1, 7, (1, 1), [0, 0, 3, 3]),
             (1, 3, 2, 8, 5, 7, 1, (1, 1), [3, 3, 0, 0]),
             (2, 4, 3, 9, 7, 4, 3, (1, 2), [1, 2, 0, 1]),
+            // Winograd forward and data gradient.
+            (1, 64, 64, 5, 6, 5, 5, (1, 1), [2, 1, 2, 3]),
         ];
         for (i, case) in small_conv.iter().enumerate() {
             let (x, w, p) = conv_setup(case, 130 + i as u64);
