@@ -1629,6 +1629,9 @@ unsafe fn scatter_image(
 /// share of the batch into its own copy, and the copies are added at the end.
 fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (taps, k, cin, cout, p_out, p_in) = (g.taps(), g.k(), g.cin, g.cout, g.p_out(), g.p_in());
+    if winograd::applies(g, false) && g.b * p_out > 0 {
+        return winograd::bwd_weight(g, x, dy);
+    }
     let mut dw = vec![0.0f32; cout * k];
     if dw.is_empty() || g.b * p_out == 0 {
         return dw;
@@ -2476,7 +2479,8 @@ mod tests {
         Ok(())
     }
 
-    /// The Winograd forward against the direct sum, both kernel sizes: sizes that end in
+    /// The Winograd forward and weight gradient against the direct sums, both kernel
+    /// sizes: sizes that end in
     /// partial tiles, paddings 0–3 (asymmetric too), batch 1, and channels across a depth
     /// block with a ragged last panel. Its error stays within the direct f32 sum's bound.
     #[test]
@@ -2488,6 +2492,8 @@ mod tests {
             (2, 16, 16, 11, 4, 3, 3, (1, 1), [0, 0, 2, 3]),
             (1, 144, 80, 9, 10, 5, 5, (1, 1), [2, 2, 2, 2]),
             (1, 144, 80, 9, 10, 3, 3, (1, 1), [1, 1, 1, 1]),
+            // 144 tiles: two depth blocks of the weight gradient, the second partial.
+            (1, 16, 16, 24, 23, 5, 5, (1, 1), [2, 2, 2, 2]),
         ];
         for (i, case) in cases.iter().enumerate() {
             let (x, w, p) = conv_setup(case, 200 + i as u64);
@@ -2507,6 +2513,22 @@ mod tests {
                 .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
             eprintln!("{case:?}: max error {err:e}");
             assert_close(&got, &direct, tol(g.k()), &format!("{case:?}"));
+            // The weight gradient for some output gradient.
+            let r = random((g.b, g.cout, g.oh, g.ow), 300 + i as u64);
+            let dw = winograd::bwd_weight(&g, &xv, &r.flatten_all()?.to_vec1::<f32>()?);
+            let got: Vec<f64> = dw.iter().map(|&v| f64::from(v)).collect();
+            let direct = direct_weight(&g, &to_f64(&x), &to_f64(&r));
+            let err = got
+                .iter()
+                .zip(&direct)
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            eprintln!("{case:?}: max weight-gradient error {err:e}");
+            assert_close(
+                &got,
+                &direct,
+                tol(g.b * g.p_out()),
+                &format!("{case:?} weight gradient"),
+            );
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ use std::mem::MaybeUninit;
 use super::{
     Gemm, Geom, KC, Lhs, NR, Packed, Rhs, gemm_panel, scratch, to_channels_last, transpose_raw,
 };
+
 use crate::par::SendPtr;
 
 /// Side of a transformed tile.
@@ -42,7 +43,7 @@ struct Mats {
     /// `G (6 × r)`, columns past `r` zero.
     g: [[f32; 5]; ALPHA],
     /// `Aᵀ (m × 6)`, rows past `m` zero.
-    at: [[f32; ALPHA]; 4],
+    at: [[f32; ALPHA]; 5],
 }
 
 /// The finite interpolation points; the sixth is ∞. One point and one reciprocal
@@ -111,7 +112,7 @@ const fn mats(r: usize) -> Mats {
     let mut out = Mats {
         bt: [[0.0; ALPHA]; ALPHA],
         g: [[0.0; 5]; ALPHA],
-        at: [[0.0; ALPHA]; 4],
+        at: [[0.0; ALPHA]; 5],
     };
     let mut j = 0;
     while j < ALPHA {
@@ -153,14 +154,24 @@ const fn abs(x: f64) -> f64 {
     if x < 0.0 { -x } else { x }
 }
 
+// The forwards' F(2, 5) and F(4, 3), and the weight gradients' F(5, 2) and F(3, 4): the
+// gradient of an r × r kernel is the correlation of each 6 × 6 input tile with the m × m
+// output-gradient tile (filter m, r outputs).
 const F2X5: Mats = mats(5);
 const F4X3: Mats = mats(3);
+const F5X2: Mats = mats(2);
+const F3X4: Mats = mats(4);
 
-/// The transforms for kernel size `R` (3 or 5), as constants.
+/// The transforms with filter size `F` (2 to 5, outputs `7 − F`), as constants.
 #[inline(always)]
-fn mats_for<const R: usize>() -> &'static Mats {
-    const { assert!(R == 3 || R == 5) };
-    if R == 5 { &F2X5 } else { &F4X3 }
+fn mats_for<const F: usize>() -> &'static Mats {
+    const { assert!(F >= 2 && F <= 5) };
+    match F {
+        5 => &F2X5,
+        3 => &F4X3,
+        2 => &F5X2,
+        _ => &F3X4,
+    }
 }
 
 /// Whether [`fwd`] computes the forward of `g`: stride 1, a 5×5 kernel, or a 3×3 one
@@ -244,13 +255,13 @@ fn kernel_tile<const R: usize, const FMA: bool>(g: &[Lanes], out: &mut [Lanes; X
     }
 }
 
-/// `Aᵀ M A` of one transformed tile of 16 output channels: the `m × m` outputs
-/// (`out[p·m + q]`).
+/// `Aᵀ M A` of one transformed tile of 16 channels: the `m × m` outputs (`out[p·m + q]`)
+/// of F(m, R).
 #[inline(always)]
-fn output_tile<const R: usize, const FMA: bool>(mm: &[Lanes; XI], out: &mut [Lanes; 16]) {
+fn output_tile<const R: usize, const FMA: bool>(mm: &[Lanes; XI], out: &mut [Lanes; 25]) {
     let at = &mats_for::<R>().at;
     let m = ALPHA + 1 - R;
-    let mut t = [[0.0; LANES]; 4 * ALPHA];
+    let mut t = [[0.0; LANES]; 5 * ALPHA];
     for p in 0..m {
         for j in 0..ALPHA {
             for i in 0..ALPHA {
@@ -279,7 +290,7 @@ fn fused() -> bool {
     false
 }
 
-/// Calls `$f::<R, FMA>(args)` with the kernel size `$r` (3 or 5) as a constant, compiled
+/// Calls `$f::<F, FMA>(args)` with the filter size `$r` (2 to 5) as a constant, compiled
 /// for AVX-512 with fused multiply-adds where the CPU has them ([`fast`]).
 macro_rules! dispatch {
     ($r:expr, $f:ident($($a:expr),*)) => {{
@@ -287,10 +298,20 @@ macro_rules! dispatch {
         if fused() {
             // SAFETY: the CPU has AVX-512F and FMA.
             return unsafe {
-                if $r == 5 { fast::$f::<5>($($a),*) } else { fast::$f::<3>($($a),*) }
+                match $r {
+                    5 => fast::$f::<5>($($a),*),
+                    3 => fast::$f::<3>($($a),*),
+                    2 => fast::$f::<2>($($a),*),
+                    _ => fast::$f::<4>($($a),*),
+                }
             };
         }
-        if $r == 5 { $f::<5, false>($($a),*) } else { $f::<3, false>($($a),*) }
+        match $r {
+            5 => $f::<5, false>($($a),*),
+            3 => $f::<3, false>($($a),*),
+            2 => $f::<2, false>($($a),*),
+            _ => $f::<4, false>($($a),*),
+        }
     }};
 }
 
@@ -314,9 +335,34 @@ mod fast {
         g: &Geom,
         xt: &[f32],
         tiles: (usize, usize, usize),
+        layout: super::XLayout,
         v: &mut [f32],
     ) {
-        super::input_block::<R, true>(g, xt, tiles, v)
+        super::input_block::<R, true>(g, xt, tiles, layout, v)
+    }
+
+    /// # Safety
+    /// As [`kernel_row`].
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn grad_block<const M: usize>(
+        g: &Geom,
+        dyt: &[f32],
+        tiles: (usize, usize, usize),
+        out: &mut [f32],
+    ) {
+        super::grad_block::<M, true>(g, dyt, tiles, out)
+    }
+
+    /// # Safety
+    /// As [`kernel_row`].
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn weight_row<const M: usize>(
+        g: &Geom,
+        prod: &[f32],
+        co: usize,
+        dw_co: &mut [f32],
+    ) {
+        super::weight_row::<M, true>(g, prod, co, dw_co)
     }
 
     /// # Safety
@@ -336,8 +382,22 @@ fn run_kernel_row(g: &Geom, w: &[f32], ci: usize, u: &mut [f32]) {
     dispatch!(g.kh, kernel_row(g, w, ci, u))
 }
 
-fn run_input_block(g: &Geom, xt: &[f32], tiles: (usize, usize, usize), v: &mut [f32]) {
-    dispatch!(g.kh, input_block(g, xt, tiles, v))
+fn run_input_block(
+    g: &Geom,
+    xt: &[f32],
+    tiles: (usize, usize, usize),
+    layout: XLayout,
+    v: &mut [f32],
+) {
+    dispatch!(g.kh, input_block(g, xt, tiles, layout, v))
+}
+
+fn run_grad_block(g: &Geom, dyt: &[f32], tiles: (usize, usize, usize), out: &mut [f32]) {
+    dispatch!(ALPHA + 1 - g.kh, grad_block(g, dyt, tiles, out))
+}
+
+fn run_weight_row(g: &Geom, prod: &[f32], co: usize, dw_co: &mut [f32]) {
+    dispatch!(ALPHA + 1 - g.kh, weight_row(g, prod, co, dw_co))
 }
 
 fn run_output_block(g: &Geom, prod: &[f32], tiles: (usize, usize, usize), strip: &mut [f32]) {
@@ -435,7 +495,7 @@ pub(super) fn fwd(g: &Geom, x: &[f32], w: &[f32], y: &mut [MaybeUninit<f32>]) {
         let xt_b = &xt[b * g.p_in() * cin..][..g.p_in() * cin];
         // Transformed input: [ξ][tile][ci].
         let mut v = scratch(XI * nt * cin);
-        run_input_block(g, xt_b, (t0, nrows, tw), &mut v);
+        run_input_block(g, xt_b, (t0 * tw, nt, tw), XLayout::Rows, &mut v);
         // Products: [ξ][tile][co].
         let mut prod = scratch(XI * nt * cout);
         for (xi, u) in us.iter().enumerate() {
@@ -482,21 +542,134 @@ pub(super) fn fwd(g: &Geom, x: &[f32], w: &[f32], y: &mut [MaybeUninit<f32>]) {
     });
 }
 
-/// The transformed input of tile rows `t0 .. t0 + nrows` (`tw` tiles each) of one
-/// channels-last image `xt`, into `v[ξ][tile][ci]`.
+/// Tiles per depth block of the weight gradient: the products' depth, one [`KC`].
+const WGRAD_TILES: usize = KC;
+
+/// The weight gradient `dW (cout, cin, r, r)` of the convolution `g` (see [`applies`])
+/// for input `x` and output gradient `dy`. Each output tile's share of `dW` is the
+/// correlation of its 6 × 6 input tile with its `m × m` gradient tile, F(r, m): summed
+/// over tiles and batch, 36 products `(cout × tiles) · (tiles × cin)`, then one output
+/// transform per (co, ci). Each thread sums its share of the tiles into its own products.
+pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    assert!(
+        (g.sh, g.sw, g.kw) == (1, 1, g.kh)
+            && matches!(g.kh, 3 | 5)
+            && g.cin.is_multiple_of(LANES)
+            && g.cout.is_multiple_of(LANES),
+        "winograd: unsupported geometry {g:?}"
+    );
+    let (cin, cout, r) = (g.cin, g.cout, g.kh);
+    let m = ALPHA + 1 - r;
+    let (th, tw) = (g.oh.div_ceil(m), g.ow.div_ceil(m));
+    let tiles = th * tw;
+    let xt = to_channels_last(x, g.b, cin, g.p_in());
+    let dyt = to_channels_last(dy, g.b, cout, g.p_out());
+    // Depth blocks: up to WGRAD_TILES tiles of one image.
+    let blocks: Vec<(usize, usize, usize)> = (0..g.b)
+        .flat_map(|b| {
+            (0..tiles)
+                .step_by(WGRAD_TILES)
+                .map(move |t0| (b, t0, WGRAD_TILES.min(tiles - t0)))
+        })
+        .collect();
+    let shares = crate::par::threads().min(blocks.len()).max(1);
+    let prod = crate::par::map_reduce(
+        shares,
+        |s| {
+            let mut prod = vec![0.0f32; XI * cout * cin];
+            let mut v = scratch(XI * WGRAD_TILES * cin);
+            let mut gt = scratch(XI * WGRAD_TILES * cout);
+            let mut gtt = scratch(XI * WGRAD_TILES * cout);
+            for &(b, t0, nt) in blocks.iter().skip(s).step_by(shares) {
+                let xt_b = &xt[b * g.p_in() * cin..][..g.p_in() * cin];
+                let dyt_b = &dyt[b * g.p_out() * cout..][..g.p_out() * cout];
+                run_input_block(g, xt_b, (t0, nt, tw), XLayout::Panels, &mut v);
+                run_grad_block(g, dyt_b, (t0, nt, tw), &mut gt);
+                for xi in 0..XI {
+                    let src = &gt[xi * nt * cout..][..nt * cout];
+                    let dst = &mut gtt[xi * nt * cout..][..nt * cout];
+                    super::transpose(src, nt, cout, dst);
+                    let vx = &v[xi * nt * cin..][..nt * cin];
+                    for j0 in (0..cin).step_by(NR) {
+                        let n = NR.min(cin - j0);
+                        // SAFETY: `prod` holds cout rows of cin floats for ξ; columns
+                        // j0 .. j0 + n ≤ cin are written.
+                        unsafe {
+                            gemm_panel(&Gemm {
+                                m: cout,
+                                n,
+                                kc: nt,
+                                a: Lhs::Strided(dst, nt),
+                                b: Rhs::Packed(&vx[j0 * nt..][..nt * n], n),
+                                c: prod.as_mut_ptr().add(xi * cout * cin + j0),
+                                c_rs: cin,
+                                acc: true,
+                            })
+                        };
+                    }
+                }
+            }
+            prod
+        },
+        |mut a, b| {
+            for (x, y) in a.iter_mut().zip(&b) {
+                *x += y;
+            }
+            a
+        },
+    )
+    .expect("at least one share");
+    let mut dw = vec![0.0f32; cout * cin * r * r];
+    crate::par::for_chunks_mut(&mut dw, cin * r * r, |co, d| {
+        run_weight_row(g, &prod, co, d)
+    });
+    dw
+}
+
+/// Where [`input_block`] stores the transformed input of tile `ti` of `nt`, channels
+/// `c0 .. c0 + 16`, element `ξ`.
+#[derive(Clone, Copy)]
+enum XLayout {
+    /// `[ξ][tile][ci]`: the forward's lhs rows.
+    Rows,
+    /// `[ξ]` then the packed panels of the `nt × cin` matrix: the weight gradient's rhs.
+    Panels,
+}
+
+impl XLayout {
+    #[inline(always)]
+    fn at(self, (xi, ti, c0): (usize, usize, usize), nt: usize, cin: usize) -> usize {
+        match self {
+            XLayout::Rows => (xi * nt + ti) * cin + c0,
+            XLayout::Panels => {
+                let j0 = c0 / NR * NR;
+                xi * nt * cin + j0 * nt + ti * NR.min(cin - j0) + (c0 - j0)
+            }
+        }
+    }
+}
+
+/// Tile `(ty, tx)` of tiles `t0 + ti` (in row-major order, `tw` per row) of one image.
+#[inline(always)]
+fn tile_at(t0: usize, ti: usize, tw: usize) -> (usize, usize) {
+    ((t0 + ti) / tw, (t0 + ti) % tw)
+}
+
+/// The transformed input of tiles `t0 .. t0 + nt` (`tw` per row, of output size `m`) of
+/// one channels-last image `xt`, into `v` as `layout` says.
 #[inline(always)]
 fn input_block<const R: usize, const FMA: bool>(
     g: &Geom,
     xt: &[f32],
-    (t0, nrows, tw): (usize, usize, usize),
+    (t0, nt, tw): (usize, usize, usize),
+    layout: XLayout,
     v: &mut [f32],
 ) {
     let (cin, m) = (g.cin, ALPHA + 1 - R);
-    let nt = nrows * tw;
     let mut d = [[0.0; LANES]; XI];
     let mut out = [[0.0; LANES]; XI];
     for ti in 0..nt {
-        let (ty, tx) = (t0 + ti / tw, ti % tw);
+        let (ty, tx) = tile_at(t0, ti, tw);
         // Source pixel of each tile position, or None in the padding.
         let mut src = [None; XI];
         for (k, s) in src.iter_mut().enumerate() {
@@ -518,7 +691,67 @@ fn input_block<const R: usize, const FMA: bool>(
             }
             input_tile::<R, FMA>(&d, &mut out);
             for (xi, o) in out.iter().enumerate() {
-                v[(xi * nt + ti) * cin + c0..][..LANES].copy_from_slice(o);
+                v[layout.at((xi, ti, c0), nt, cin)..][..LANES].copy_from_slice(o);
+            }
+        }
+    }
+}
+
+/// `G' dy G'ᵀ` of the output-gradient tiles `t0 .. t0 + nt` (`M × M` pixels each, zero
+/// past the edges) of one channels-last image `dyt`, into `out[ξ][tile][co]`.
+#[inline(always)]
+fn grad_block<const M: usize, const FMA: bool>(
+    g: &Geom,
+    dyt: &[f32],
+    (t0, nt, tw): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    let cout = g.cout;
+    let mut d = [[0.0; LANES]; 25];
+    let mut u = [[0.0; LANES]; XI];
+    for ti in 0..nt {
+        let (ty, tx) = tile_at(t0, ti, tw);
+        for c0 in (0..cout).step_by(LANES) {
+            for (k, dv) in d[..M * M].iter_mut().enumerate() {
+                let (oy, ox) = (ty * M + k / M, tx * M + k % M);
+                *dv = if oy < g.oh && ox < g.ow {
+                    dyt[(oy * g.ow + ox) * cout + c0..][..LANES]
+                        .try_into()
+                        .expect("16 lanes")
+                } else {
+                    [0.0; LANES]
+                };
+            }
+            kernel_tile::<M, FMA>(&d[..M * M], &mut u);
+            for (xi, o) in u.iter().enumerate() {
+                out[(xi * nt + ti) * cout + c0..][..LANES].copy_from_slice(o);
+            }
+        }
+    }
+}
+
+/// `dW[co][ci]` (r × r, `r = 7 − M`) of output channel `co` from the summed products
+/// `prod[ξ][co][ci]` (`A'ᵀ M A'` of F(r, M)), into `dw_co` (`cin · r²` floats).
+#[inline(always)]
+fn weight_row<const M: usize, const FMA: bool>(
+    g: &Geom,
+    prod: &[f32],
+    co: usize,
+    dw_co: &mut [f32],
+) {
+    let (cin, cout, r) = (g.cin, g.cout, ALPHA + 1 - M);
+    let mut mm = [[0.0; LANES]; XI];
+    let mut out = [[0.0; LANES]; 25];
+    for c0 in (0..cin).step_by(LANES) {
+        for (xi, mv) in mm.iter_mut().enumerate() {
+            *mv = prod[(xi * cout + co) * cin + c0..][..LANES]
+                .try_into()
+                .expect("16 lanes");
+        }
+        output_tile::<M, FMA>(&mm, &mut out);
+        for (t, o) in out[..r * r].iter().enumerate() {
+            for (l, &v) in o.iter().enumerate() {
+                dw_co[(c0 + l) * r * r + t] = v;
             }
         }
     }
@@ -536,7 +769,7 @@ fn output_block<const R: usize, const FMA: bool>(
     let (cout, m) = (g.cout, ALPHA + 1 - R);
     let nt = nrows * tw;
     let mut mm = [[0.0; LANES]; XI];
-    let mut out = [[0.0; LANES]; 16];
+    let mut out = [[0.0; LANES]; 25];
     for ti in 0..nt {
         let (ty, tx) = (ti / tw, ti % tw);
         for c0 in (0..cout).step_by(LANES) {
