@@ -199,6 +199,9 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 
 type Lanes = [f32; LANES];
 
+/// The padding's pixels.
+static ZERO: Lanes = [0.0; LANES];
+
 /// `out[k] += c · x` lane by lane, skipped for `c = 0` (a constant after inlining).
 #[inline(always)]
 fn axpy<const FMA: bool>(out: &mut Lanes, c: f32, x: &Lanes) {
@@ -209,25 +212,31 @@ fn axpy<const FMA: bool>(out: &mut Lanes, c: f32, x: &Lanes) {
     }
 }
 
-/// `Bᵀ d B` of one 6×6 tile of 16 channels (`d[a·6 + c]`: row a, column c).
+/// `Bᵀ d B` of one 6×6 tile of 16 channels (`d[a·6 + c]`: row a, column c), element `ξ`
+/// handed to `store(ξ, value)`. Accumulators are locals, so that they stay in registers.
 #[inline(always)]
-fn input_tile<const R: usize, const FMA: bool>(d: &[Lanes; XI], out: &mut [Lanes; XI]) {
+fn input_tile<const R: usize, const FMA: bool>(
+    d: &[&Lanes; XI],
+    mut store: impl FnMut(usize, &Lanes),
+) {
     let bt = &mats_for::<R>().bt;
     let mut t = [[0.0; LANES]; XI];
     for i in 0..ALPHA {
         for c in 0..ALPHA {
+            let mut s = [0.0; LANES];
             for k in 0..ALPHA {
-                axpy::<FMA>(&mut t[i * ALPHA + c], bt[i][k], &d[k * ALPHA + c]);
+                axpy::<FMA>(&mut s, bt[i][k], d[k * ALPHA + c]);
             }
+            t[i * ALPHA + c] = s;
         }
     }
     for i in 0..ALPHA {
-        for j in 0..ALPHA {
+        for (j, row) in bt.iter().enumerate() {
             let mut s = [0.0; LANES];
-            for k in 0..ALPHA {
-                axpy::<FMA>(&mut s, bt[j][k], &t[i * ALPHA + k]);
+            for (k, &c) in row.iter().enumerate() {
+                axpy::<FMA>(&mut s, c, &t[i * ALPHA + k]);
             }
-            out[i * ALPHA + j] = s;
+            store(i * ALPHA + j, &s);
         }
     }
 }
@@ -239,9 +248,11 @@ fn kernel_tile<const R: usize, const FMA: bool>(g: &[Lanes], out: &mut [Lanes; X
     let mut t = [[0.0; LANES]; ALPHA * 5];
     for i in 0..ALPHA {
         for c in 0..R {
+            let mut s = [0.0; LANES];
             for a in 0..R {
-                axpy::<FMA>(&mut t[i * R + c], gm[i][a], &g[a * R + c]);
+                axpy::<FMA>(&mut s, gm[i][a], &g[a * R + c]);
             }
+            t[i * R + c] = s;
         }
     }
     for i in 0..ALPHA {
@@ -264,9 +275,11 @@ fn output_tile<const R: usize, const FMA: bool>(mm: &[Lanes; XI], out: &mut [Lan
     let mut t = [[0.0; LANES]; 5 * ALPHA];
     for p in 0..m {
         for j in 0..ALPHA {
+            let mut s = [0.0; LANES];
             for i in 0..ALPHA {
-                axpy::<FMA>(&mut t[p * ALPHA + j], at[p][i], &mm[i * ALPHA + j]);
+                axpy::<FMA>(&mut s, at[p][i], &mm[i * ALPHA + j]);
             }
+            t[p * ALPHA + j] = s;
         }
     }
     for p in 0..m {
@@ -666,8 +679,6 @@ fn input_block<const R: usize, const FMA: bool>(
     v: &mut [f32],
 ) {
     let (cin, m) = (g.cin, ALPHA + 1 - R);
-    let mut d = [[0.0; LANES]; XI];
-    let mut out = [[0.0; LANES]; XI];
     for ti in 0..nt {
         let (ty, tx) = tile_at(t0, ti, tw);
         // Source pixel of each tile position, or None in the padding.
@@ -683,16 +694,15 @@ fn input_block<const R: usize, const FMA: bool>(
             }
         }
         for c0 in (0..cin).step_by(LANES) {
+            let mut d = [&ZERO; XI];
             for (dv, s) in d.iter_mut().zip(&src) {
-                *dv = match s {
-                    Some(q) => xt[q + c0..][..LANES].try_into().expect("16 lanes"),
-                    None => [0.0; LANES],
-                };
+                if let Some(q) = s {
+                    *dv = xt[q + c0..][..LANES].try_into().expect("16 lanes");
+                }
             }
-            input_tile::<R, FMA>(&d, &mut out);
-            for (xi, o) in out.iter().enumerate() {
-                v[layout.at((xi, ti, c0), nt, cin)..][..LANES].copy_from_slice(o);
-            }
+            input_tile::<R, FMA>(&d, |xi, o| {
+                v[layout.at((xi, ti, c0), nt, cin)..][..LANES].copy_from_slice(o)
+            });
         }
     }
 }
