@@ -1153,7 +1153,8 @@ fn fwd(g: &Geom, x: &[f32], w: &[f32], key: Option<WeightKey<'_>>) -> Vec<f32> {
     // Before both, stride-1 5×5 (and trained 3×3) kernels between many channels take
     // Winograd's transform, which needs 2.8× (4×) fewer multiplications.
     if winograd::applies(g, key.is_some()) {
-        winograd::fwd(g, x, w, y);
+        let u = packed_weights(g, key, || winograd::transform_kernel(g, w));
+        winograd::fwd(g, x, &u, y);
     } else if g.is_pointwise() {
         fwd_pointwise(g, x, w, y);
     } else if !g.is_channels_last() {
@@ -1472,7 +1473,9 @@ fn bwd_data(g: &Geom, dy: &[f32], w: &[f32], key: Option<WeightKey<'_>>) -> Vec<
         // A frozen kernel's flipped and packed form may be cached: then neither the flip
         // nor the packing is redone.
         if let Some(wp) = key
-            .filter(|_| gg.is_channels_last() && gg.b * gg.p_out() > 0)
+            .filter(|_| {
+                gg.is_channels_last() && gg.b * gg.p_out() > 0 && !winograd::applies(&gg, true)
+            })
             .and_then(|k| PACKED.get(&gg, &k))
         {
             let len = gg.b * gg.cout * gg.p_out();
@@ -2502,7 +2505,8 @@ mod tests {
             let wv = w.flatten_all()?.to_vec1::<f32>()?;
             let len = g.b * g.cout * g.p_out();
             let mut y = Vec::with_capacity(len);
-            winograd::fwd(&g, &xv, &wv, &mut y.spare_capacity_mut()[..len]);
+            let u = winograd::transform_kernel(&g, &wv);
+            winograd::fwd(&g, &xv, &u, &mut y.spare_capacity_mut()[..len]);
             // SAFETY: the forward writes every element.
             unsafe { y.set_len(len) };
             let got: Vec<f64> = y.iter().map(|&v| f64::from(v)).collect();
@@ -2534,7 +2538,8 @@ mod tests {
     }
 
     /// Which forwards take Winograd's transform: stride-1 5×5 kernels always, 3×3 ones
-    /// only while trained, and only between ≥ 64 channels in whole registers.
+    /// while trained or over enough tiles, and only between ≥ 64 channels in whole
+    /// registers.
     #[test]
     fn winograd_is_chosen_where_it_pays() -> Result<()> {
         let geom = |cin, cout, k, s| {
@@ -2550,7 +2555,10 @@ mod tests {
         assert!(winograd::applies(&geom(256, 256, 5, 1)?, false));
         assert!(winograd::applies(&geom(128, 256, 5, 1)?, true));
         assert!(winograd::applies(&geom(64, 64, 3, 1)?, false));
+        // Frozen 3×3: only with at least 64 tiles (2 images of 4 × 4 tiles here).
         assert!(!winograd::applies(&geom(64, 64, 3, 1)?, true));
+        let big = conv2d_geom((2, 64, 32, 32), (64, 64, 3, 3), Conv2dParams::same(3))?;
+        assert!(winograd::applies(&big, true));
         assert!(!winograd::applies(&geom(256, 256, 5, 2)?, false));
         assert!(!winograd::applies(&geom(32, 64, 3, 1)?, false));
         assert!(!winograd::applies(&geom(64, 72, 5, 1)?, false));
@@ -2635,6 +2643,8 @@ mod tests {
             (2, 130, 97, 5, 11),
             (1, 96, 129, 9, 4),
             (2, 67, 64, 3, 13),
+            // Winograd's transformed kernel, cached (72 tiles).
+            (2, 64, 80, 24, 23),
         ]
         .iter()
         .enumerate()

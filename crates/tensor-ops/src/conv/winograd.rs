@@ -174,22 +174,28 @@ fn mats_for<const F: usize>() -> &'static Mats {
     }
 }
 
-/// Whether [`fwd`] computes the forward of `g`: stride 1, a 5×5 kernel, or a 3×3 one
-/// that is being trained, with channel counts in whole registers and large enough that
-/// the products dominate. A frozen 3×3 kernel (VGG19, InceptionV3) stays on the direct
-/// product, whose packed kernel is cached: transforming it on every call, and streaming
-/// its 4× larger transformed form (36 MB for 512 → 512), made a style-transfer
-/// evaluation 0.17 → 0.26 s.
+/// Whether [`fwd`] computes the forward of `g`: stride 1, a 5×5 or 3×3 kernel, channel
+/// counts in whole registers and large enough that the products dominate. A frozen 3×3
+/// kernel (VGG19, InceptionV3) is transformed once and cached, but its transformed form
+/// is 4× the kernel and is read once per work item: on small maps (VGG19's 512-channel
+/// blocks at 16×24) that costs more than the products save, so those need
+/// [`FROZEN_MIN_TILES`] tiles.
 pub(super) fn applies(g: &Geom, frozen: bool) -> bool {
+    let m = ALPHA + 1 - g.kh.min(5);
     (g.sh, g.sw) == (1, 1)
         && g.kh == g.kw
-        && (g.kh == 5 || (g.kh == 3 && !frozen))
+        && (g.kh == 5
+            || (g.kh == 3
+                && (!frozen || g.b * g.oh.div_ceil(m) * g.ow.div_ceil(m) >= FROZEN_MIN_TILES)))
         && g.cin.is_multiple_of(LANES)
         && g.cout.is_multiple_of(LANES)
         && g.cin >= 64
         && g.cout >= 64
         && g.oh * g.ow > 0
 }
+
+/// Tiles a frozen 3×3 convolution needs to take [`fwd`] (see [`applies`]).
+const FROZEN_MIN_TILES: usize = 64;
 
 /// `a · b + c`, fused where the caller's CPU features allow it (`FMA`).
 #[inline(always)]
@@ -437,46 +443,47 @@ fn kernel_row<const R: usize, const FMA: bool>(g: &Geom, w: &[f32], ci: usize, u
     }
 }
 
-/// The kernel `w (cout, cin, r, r)` transformed: for each of the 36 elements, the
-/// `cin × cout` matrix `U_ξ[ci][co]`, packed for the product's rhs.
-fn transform_kernel(g: &Geom, w: &[f32]) -> Vec<Packed> {
+/// The kernel `w (cout, cin, r, r)` transformed: the `36 · cin × cout` matrix whose rows
+/// `ξ · cin ..` are `U_ξ[ci][co]`, packed for the products' rhs (and cacheable like the
+/// direct products' packed kernels).
+pub(super) fn transform_kernel(g: &Geom, w: &[f32]) -> Packed {
     let (cin, cout) = (g.cin, g.cout);
-    let mut us: Vec<Packed> = (0..XI)
-        .map(|_| Packed {
-            k: cin,
-            n: cout,
-            data: crate::pool::take(cin * cout),
-        })
-        .collect();
-    let ptrs: Vec<SendPtr<f32>> = us
-        .iter_mut()
-        .map(|p| SendPtr(p.data.as_mut_ptr()))
-        .collect();
-    // Element (ci, co) of a packed matrix: panel co / NR, whose rows are its width apart
-    // (cout is a multiple of 16, so no panel is padded).
-    let at = |ci: usize, co: usize| {
+    let k = XI * cin;
+    let mut u = Packed {
+        k,
+        n: cout,
+        data: crate::pool::take(k * cout),
+    };
+    let p = SendPtr(u.data.as_mut_ptr());
+    // Element (row, co) of the packed matrix: panel co / NR, whose rows are its width
+    // apart (cout is a multiple of 16, so no panel is padded).
+    let at = |row: usize, co: usize| {
         let j0 = co / NR * NR;
-        j0 * cin + ci * NR.min(cout - j0) + (co - j0)
+        j0 * k + row * NR.min(cout - j0) + (co - j0)
     };
     crate::par::for_each_index(cin, |ci| {
-        let mut u = vec![0.0; XI * cout];
-        run_kernel_row(g, w, ci, &mut u);
-        for (p, row) in ptrs.iter().zip(u.chunks_exact(cout)) {
+        let mut t = vec![0.0; XI * cout];
+        run_kernel_row(g, w, ci, &mut t);
+        for (xi, row) in t.chunks_exact(cout).enumerate() {
             for co0 in (0..cout).step_by(NR) {
                 let n = NR.min(cout - co0);
-                // SAFETY: row ci of panel co0 / NR lies inside the `cin · cout` buffer;
-                // rows `ci` are written by this index only.
+                // SAFETY: row ξ·cin + ci of panel co0 / NR lies inside the buffer; rows
+                // of input channel `ci` are written by this index only.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(row[co0..].as_ptr(), p.get().add(at(ci, co0)), n)
+                    std::ptr::copy_nonoverlapping(
+                        row[co0..].as_ptr(),
+                        p.get().add(at(xi * cin + ci, co0)),
+                        n,
+                    )
                 };
             }
         }
     });
-    us
+    u
 }
 
 /// The forward of `g` (see [`applies`]) into `y (B, cout, oh, ow)`, every element written.
-pub(super) fn fwd(g: &Geom, x: &[f32], w: &[f32], y: &mut [MaybeUninit<f32>]) {
+pub(super) fn fwd(g: &Geom, x: &[f32], u: &Packed, y: &mut [MaybeUninit<f32>]) {
     // Smaller channel counts are allowed (tests use them); these are not.
     assert!(
         (g.sh, g.sw, g.kw) == (1, 1, g.kh)
@@ -488,7 +495,11 @@ pub(super) fn fwd(g: &Geom, x: &[f32], w: &[f32], y: &mut [MaybeUninit<f32>]) {
     let (cin, cout, r) = (g.cin, g.cout, g.kh);
     let m = ALPHA + 1 - r;
     let (th, tw) = (g.oh.div_ceil(m), g.ow.div_ceil(m));
-    let us = transform_kernel(g, w);
+    assert_eq!(
+        (u.k, u.n),
+        (XI * cin, cout),
+        "transformed kernel of another shape"
+    );
     let xt = to_channels_last(x, g.b, cin, g.p_in());
     // Work items: runs of whole tile rows of one image, whose outputs are a contiguous
     // run of pixels of every output plane.
@@ -511,7 +522,7 @@ pub(super) fn fwd(g: &Geom, x: &[f32], w: &[f32], y: &mut [MaybeUninit<f32>]) {
         run_input_block(g, xt_b, (t0 * tw, nt, tw), XLayout::Rows, &mut v);
         // Products: [ξ][tile][co].
         let mut prod = scratch(XI * nt * cout);
-        for (xi, u) in us.iter().enumerate() {
+        for xi in 0..XI {
             let a = &v[xi * nt * cin..][..nt * cin];
             for j in 0..u.panels() {
                 let pn = u.panel(j);
@@ -525,7 +536,7 @@ pub(super) fn fwd(g: &Geom, x: &[f32], w: &[f32], y: &mut [MaybeUninit<f32>]) {
                             n: pn.n,
                             kc,
                             a: Lhs::Strided(&a[ci0..], cin),
-                            b: Rhs::Packed(&pn.data[ci0 * pn.wpad..], pn.wpad),
+                            b: Rhs::Packed(&pn.data[(xi * cin + ci0) * pn.wpad..], pn.wpad),
                             c: prod.as_mut_ptr().add(xi * nt * cout + pn.j0),
                             c_rs: cout,
                             acc: ci0 > 0,
