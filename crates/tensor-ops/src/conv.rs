@@ -26,9 +26,11 @@
 //! - with many of both, output channels are the lanes, activations are reordered to
 //!   channels-last, and the kernel reads each output pixel's im2col row in place as a run
 //!   of its input pixel's channels, one tap at a time;
-//! - at stride 1 with a 5×5 kernel (or a 3×3 one being trained) between ≥ 64 channels,
-//!   Winograd's F(2×2, 5×5) (F(4×4, 3×3)): 36 products of transformed tiles × channels,
-//!   2.8× (4×) fewer multiplications than the direct sum ([`winograd`]);
+//! - at stride 1 with a 5×5 or 3×3 kernel between ≥ 64 channels (a frozen 3×3 one over
+//!   enough tiles), Winograd's F(2×2, 5×5) / F(4×4, 3×3): 36 products of transformed
+//!   tiles × channels, 2.8× / 4× fewer multiplications than the direct sum, for the
+//!   forward, the stride-1 data gradient and (as F(5×5, 2×2) / F(3×3, 4×4)) the weight
+//!   gradient (the `winograd` module);
 //! - the data gradient at stride 1 is the forward of `dy` with the flipped kernel; at
 //!   larger strides it is `Wᵀ · dy` scattered back (col2im) into channels-last `dx`, which
 //!   is also the transposed convolution's forward;
@@ -1150,8 +1152,8 @@ fn fwd(g: &Geom, x: &[f32], w: &[f32], key: Option<WeightKey<'_>>) -> Vec<f32> {
     // channels-last product is faster (measured 20–40% at 128 and 256 channels: there the
     // shifted form's lhs, the unpacked kernel, streams from L3, and it computes the
     // padded width's extra columns); its vector lanes are output channels, at least 16.
-    // Before both, stride-1 5×5 (and trained 3×3) kernels between many channels take
-    // Winograd's transform, which needs 2.8× (4×) fewer multiplications.
+    // Before both, stride-1 5×5 and 3×3 kernels between many channels take Winograd's
+    // transform, which needs 2.8× / 4× fewer multiplications (see `winograd::applies`).
     if winograd::applies(g, key.is_some()) {
         let u = packed_weights(g, key, || winograd::transform_kernel(g, w));
         winograd::fwd(g, x, &u, y);
