@@ -859,10 +859,15 @@ impl PackedEntry {
         self.packed.data.len() * size_of::<f32>()
     }
 
-    fn is(&self, g: &Geom, k: &WeightKey<'_>) -> bool {
+    /// Whether this is `k`'s packed form for `g` with `rows` rows: the channels-last
+    /// product's (`taps · cin`) or Winograd's transformed kernel (`36 · cin`). Which of
+    /// the two a frozen 3×3 kernel takes depends on the map size, so one kernel can have
+    /// both.
+    fn is(&self, g: &Geom, k: &WeightKey<'_>, rows: usize) -> bool {
         self.id == k.id
             && self.flipped == k.flipped
             && self.dims == (g.cin, g.cout, g.kh, g.kw)
+            && self.packed.k == rows
             && self.addr == k.w.as_ptr() as usize
             && self.len == k.w.len()
     }
@@ -906,9 +911,9 @@ fn packed_before(k: &WeightKey<'_>) -> bool {
 }
 
 impl PackedCache {
-    fn get(&self, g: &Geom, k: &WeightKey<'_>) -> Option<Arc<Packed>> {
+    fn get(&self, g: &Geom, k: &WeightKey<'_>, rows: usize) -> Option<Arc<Packed>> {
         let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let i = v.iter().position(|e| e.is(g, k))?;
+        let i = v.iter().position(|e| e.is(g, k, rows))?;
         if v[i].sample != fingerprint(k.w) {
             v.remove(i);
             return None;
@@ -932,8 +937,9 @@ impl PackedCache {
         if e.bytes() > PACKED_MAX_BYTES {
             return;
         }
+        let rows = e.packed.k;
         let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        v.retain(|o| !o.is(g, k));
+        v.retain(|o| !o.is(g, k, rows));
         v.push(e);
         let mut total: usize = v.iter().map(PackedEntry::bytes).sum();
         while total > PACKED_MAX_BYTES {
@@ -942,18 +948,20 @@ impl PackedCache {
     }
 }
 
-/// The packed kernel of `g`, from [`PACKED`] where the kernel is frozen (`key`), else
-/// from `make` (whose result is cached when the kernel is packed a second time). The lock is not held while packing, which
-/// runs on the thread pool.
+/// The packed kernel of `g` with `rows` rows (the channels-last product's form or
+/// Winograd's transformed one), from [`PACKED`] where the kernel is frozen (`key`), else
+/// from `make` (whose result is cached when the kernel is packed a second time). The
+/// lock is not held while packing, which runs on the thread pool.
 fn packed_weights(
     g: &Geom,
     key: Option<WeightKey<'_>>,
+    rows: usize,
     make: impl FnOnce() -> Packed,
 ) -> Arc<Packed> {
     let Some(k) = key else {
         return Arc::new(make());
     };
-    if let Some(p) = PACKED.get(g, &k) {
+    if let Some(p) = PACKED.get(g, &k, rows) {
         return p;
     }
     let p = Arc::new(make());
@@ -1155,14 +1163,16 @@ fn fwd(g: &Geom, x: &[f32], w: &[f32], key: Option<WeightKey<'_>>) -> Vec<f32> {
     // Before both, stride-1 5×5 and 3×3 kernels between many channels take Winograd's
     // transform, which needs 2.8× / 4× fewer multiplications (see `winograd::applies`).
     if winograd::applies(g, key.is_some()) {
-        let u = packed_weights(g, key, || winograd::transform_kernel(g, w));
+        let u = packed_weights(g, key, winograd::transformed_rows(g), || {
+            winograd::transform_kernel(g, w)
+        });
         winograd::fwd(g, x, &u, y);
     } else if g.is_pointwise() {
         fwd_pointwise(g, x, w, y);
     } else if !g.is_channels_last() {
         fwd_shifted(g, x, w, y);
     } else {
-        let wp = packed_weights(g, key, || pack_channels_last(g, w));
+        let wp = packed_weights(g, key, g.k(), || pack_channels_last(g, w));
         fwd_channels_last(g, x, &wp, y);
     }
     // SAFETY: the product wrote all `len` elements (each path's contract).
@@ -1478,7 +1488,7 @@ fn bwd_data(g: &Geom, dy: &[f32], w: &[f32], key: Option<WeightKey<'_>>) -> Vec<
             .filter(|_| {
                 gg.is_channels_last() && gg.b * gg.p_out() > 0 && !winograd::applies(&gg, true)
             })
-            .and_then(|k| PACKED.get(&gg, &k))
+            .and_then(|k| PACKED.get(&gg, &k, gg.k()))
         {
             let len = gg.b * gg.cout * gg.p_out();
             let mut out = Vec::with_capacity(len);
@@ -2678,6 +2688,30 @@ mod tests {
                 assert_close(&y, &y_want, t, "detached var y");
                 assert_close(&dx, &dx_want, t, "detached var dx");
             }
+        }
+        Ok(())
+    }
+
+    /// One frozen 3×3 kernel at map sizes on both sides of Winograd's tile threshold, in
+    /// an order that caches each form first (as DeepDream's octaves or a new batch size
+    /// do): each call finds its own packed form, never the other one.
+    #[test]
+    fn frozen_kernels_keep_their_two_packed_forms_apart() -> Result<()> {
+        let p = Conv2dParams::same(3);
+        let w = random((80, 96, 3, 3), 400);
+        let small = random((1, 96, 6, 7), 401);
+        let large = random((2, 96, 24, 23), 402);
+        let (gs, gl) = (
+            conv2d_geom(small.dims4()?, w.dims4()?, p)?,
+            conv2d_geom(large.dims4()?, w.dims4()?, p)?,
+        );
+        assert!(!winograd::applies(&gs, true) && gs.is_channels_last());
+        assert!(winograd::applies(&gl, true));
+        for x in [&small, &small, &large, &large, &small, &large] {
+            let [y, y_want, dx, dx_want] = frozen_vs_candle(x, &w, p)?;
+            let t = tol(9 * 96);
+            assert_close(&y, &y_want, t, &format!("{:?} y", x.dims()));
+            assert_close(&dx, &dx_want, t, &format!("{:?} dx", x.dims()));
         }
         Ok(())
     }

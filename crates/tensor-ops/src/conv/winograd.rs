@@ -174,7 +174,8 @@ fn mats_for<const F: usize>() -> &'static Mats {
     }
 }
 
-/// Whether [`fwd`] computes the forward of `g`: stride 1, a 5×5 or 3×3 kernel, channel
+/// Whether [`fwd`] computes the forward of `g` (and with it the stride-1 data gradient;
+/// [`bwd_weight`] the weight gradient, asked with `frozen = false`): stride 1, a 5×5 or 3×3 kernel, channel
 /// counts in whole registers and large enough that the products dominate. A frozen 3×3
 /// kernel (VGG19, InceptionV3) is transformed once and cached, but its transformed form
 /// is 4× the kernel and is read once per work item: on small maps (VGG19's 512-channel
@@ -441,6 +442,11 @@ fn kernel_row<const R: usize, const FMA: bool>(g: &Geom, w: &[f32], ci: usize, u
             u[xi * cout + co0..][..LANES].copy_from_slice(o);
         }
     }
+}
+
+/// Rows of [`transform_kernel`]'s matrix for `g`.
+pub(super) fn transformed_rows(g: &Geom) -> usize {
+    XI * g.cin
 }
 
 /// The kernel `w (cout, cin, r, r)` transformed: the `36 · cin × cout` matrix whose rows
