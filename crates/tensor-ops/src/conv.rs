@@ -2494,10 +2494,14 @@ mod tests {
         Ok(())
     }
 
+    fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+    }
+
     /// The Winograd forward and weight gradient against the direct sums, both kernel
-    /// sizes: sizes that end in
-    /// partial tiles, paddings 0–3 (asymmetric too), batch 1, and channels across a depth
-    /// block with a ragged last panel. Its error stays within the direct f32 sum's bound.
+    /// sizes: sizes that end in partial tiles, paddings 0–3 (asymmetric too), batch 1, and
+    /// channels across a depth block with a ragged last panel. Their error stays within
+    /// the direct f32 sum's bound (printed: the figures quoted in `winograd`'s docs).
     #[test]
     fn winograd_forward_matches_the_direct_sum() -> Result<()> {
         let cases: &[ConvCase] = &[
@@ -2523,22 +2527,17 @@ mod tests {
             unsafe { y.set_len(len) };
             let got: Vec<f64> = y.iter().map(|&v| f64::from(v)).collect();
             let direct = direct_fwd(&g, &to_f64(&x), &to_f64(&w));
-            let err = got
-                .iter()
-                .zip(&direct)
-                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-            eprintln!("{case:?}: max error {err:e}");
+            eprintln!("{case:?}: max error {:e}", max_diff(&got, &direct));
             assert_close(&got, &direct, tol(g.k()), &format!("{case:?}"));
             // The weight gradient for some output gradient.
             let r = random((g.b, g.cout, g.oh, g.ow), 300 + i as u64);
             let dw = winograd::bwd_weight(&g, &xv, &r.flatten_all()?.to_vec1::<f32>()?);
             let got: Vec<f64> = dw.iter().map(|&v| f64::from(v)).collect();
             let direct = direct_weight(&g, &to_f64(&x), &to_f64(&r));
-            let err = got
-                .iter()
-                .zip(&direct)
-                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-            eprintln!("{case:?}: max weight-gradient error {err:e}");
+            eprintln!(
+                "{case:?}: max weight-gradient error {:e}",
+                max_diff(&got, &direct)
+            );
             assert_close(
                 &got,
                 &direct,

@@ -17,6 +17,7 @@
 //! terms per output, `winograd_forward_matches_the_direct_sum`), well inside what
 //! training tolerates; oneDNN and cuDNN make the same trade.
 
+use std::borrow::Borrow;
 use std::mem::MaybeUninit;
 
 use super::{
@@ -219,85 +220,59 @@ fn axpy<const FMA: bool>(out: &mut Lanes, c: f32, x: &Lanes) {
     }
 }
 
-/// `Bᵀ d B` of one 6×6 tile of 16 channels (`d[a·6 + c]`: row a, column c), element `ξ`
-/// handed to `store(ξ, value)`. Accumulators are locals, so that they stay in registers.
+/// `L X Lᵀ` for the `rows × cols` matrix `L` (the first `cols` entries of each row of
+/// `l`) and the `cols × cols` matrix `X` of 16-lane vectors (`x[k·cols + c]`), element
+/// `(i, j)` handed to `store(i·rows + j, value)`: every transform is one of these. After
+/// inlining `l`, `rows` and `cols` are constants, so the loops unroll and zero entries
+/// are skipped; accumulators are locals, so that they stay in registers.
 #[inline(always)]
-fn input_tile<const R: usize, const FMA: bool>(
-    d: &[&Lanes; XI],
+fn sandwich<const FMA: bool, const W: usize, T: Borrow<Lanes>>(
+    l: &[[f32; W]],
+    (rows, cols): (usize, usize),
+    x: &[T],
     mut store: impl FnMut(usize, &Lanes),
 ) {
-    let bt = &mats_for::<R>().bt;
     let mut t = [[0.0; LANES]; XI];
-    for i in 0..ALPHA {
-        for c in 0..ALPHA {
+    let l = &l[..rows];
+    for (i, li) in l.iter().enumerate() {
+        for c in 0..cols {
             let mut s = [0.0; LANES];
-            for k in 0..ALPHA {
-                axpy::<FMA>(&mut s, bt[i][k], d[k * ALPHA + c]);
+            for (k, &v) in li[..cols].iter().enumerate() {
+                axpy::<FMA>(&mut s, v, x[k * cols + c].borrow());
             }
-            t[i * ALPHA + c] = s;
+            t[i * cols + c] = s;
         }
     }
-    for i in 0..ALPHA {
-        for (j, row) in bt.iter().enumerate() {
+    for i in 0..rows {
+        for (j, lj) in l.iter().enumerate() {
             let mut s = [0.0; LANES];
-            for (k, &c) in row.iter().enumerate() {
-                axpy::<FMA>(&mut s, c, &t[i * ALPHA + k]);
+            for (k, &v) in lj[..cols].iter().enumerate() {
+                axpy::<FMA>(&mut s, v, &t[i * cols + k]);
             }
-            store(i * ALPHA + j, &s);
+            store(i * rows + j, &s);
         }
     }
+}
+
+/// `Bᵀ d B` of one 6×6 tile of 16 channels (`d[a·6 + c]`: row a, column c), element `ξ`
+/// handed to `store(ξ, value)`.
+#[inline(always)]
+fn input_tile<const R: usize, const FMA: bool>(d: &[&Lanes; XI], store: impl FnMut(usize, &Lanes)) {
+    sandwich::<FMA, ALPHA, _>(&mats_for::<R>().bt, (ALPHA, ALPHA), d, store)
 }
 
 /// `G g Gᵀ` of one r×r kernel for 16 output channels (`g[a·r + c]`).
 #[inline(always)]
 fn kernel_tile<const R: usize, const FMA: bool>(g: &[Lanes], out: &mut [Lanes; XI]) {
-    let gm = &mats_for::<R>().g;
-    let mut t = [[0.0; LANES]; ALPHA * 5];
-    for i in 0..ALPHA {
-        for c in 0..R {
-            let mut s = [0.0; LANES];
-            for a in 0..R {
-                axpy::<FMA>(&mut s, gm[i][a], &g[a * R + c]);
-            }
-            t[i * R + c] = s;
-        }
-    }
-    for i in 0..ALPHA {
-        for j in 0..ALPHA {
-            let mut s = [0.0; LANES];
-            for c in 0..R {
-                axpy::<FMA>(&mut s, gm[j][c], &t[i * R + c]);
-            }
-            out[i * ALPHA + j] = s;
-        }
-    }
+    sandwich::<FMA, 5, _>(&mats_for::<R>().g, (ALPHA, R), g, |i, v| out[i] = *v)
 }
 
 /// `Aᵀ M A` of one transformed tile of 16 channels: the `m × m` outputs (`out[p·m + q]`)
 /// of F(m, R).
 #[inline(always)]
 fn output_tile<const R: usize, const FMA: bool>(mm: &[Lanes; XI], out: &mut [Lanes; 25]) {
-    let at = &mats_for::<R>().at;
     let m = ALPHA + 1 - R;
-    let mut t = [[0.0; LANES]; 5 * ALPHA];
-    for p in 0..m {
-        for j in 0..ALPHA {
-            let mut s = [0.0; LANES];
-            for i in 0..ALPHA {
-                axpy::<FMA>(&mut s, at[p][i], &mm[i * ALPHA + j]);
-            }
-            t[p * ALPHA + j] = s;
-        }
-    }
-    for p in 0..m {
-        for q in 0..m {
-            let mut s = [0.0; LANES];
-            for j in 0..ALPHA {
-                axpy::<FMA>(&mut s, at[q][j], &t[p * ALPHA + j]);
-            }
-            out[p * m + q] = s;
-        }
-    }
+    sandwich::<FMA, ALPHA, _>(&mats_for::<R>().at, (m, ALPHA), mm, |i, v| out[i] = *v)
 }
 
 /// Whether the transforms may use FMA instructions (AVX-512 implies them).
