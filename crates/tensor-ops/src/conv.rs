@@ -616,39 +616,57 @@ const WGRAD_ITEM_FLOATS: usize = 1 << 16;
 /// are many and small (a 28×28 layer has over a hundred), and taking them from the
 /// shared [`pool`] made its lock a measurable cost. Contents are unspecified, as with
 /// [`pool::take`] (NaN under `cfg(test)`).
-struct Scratch(Vec<f32>);
+///
+/// The buffer keeps the longest length it was ever given and derefs to the first `len`
+/// floats: sizing it down and up again by `Vec::resize` zero-filled the regrown part
+/// every time (the calls of one step ask for different sizes in turn), ~4% of a VAE step.
+struct Scratch {
+    buf: Vec<f32>,
+    len: usize,
+}
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn scratch(len: usize) -> Scratch {
-    let mut v = SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default();
-    // Only elements past the old length are written; the rest keep stale values.
-    v.resize(len, 0.0);
-    if cfg!(test) {
-        v.fill(f32::NAN);
+    let mut buf = SCRATCH
+        .with(|s| {
+            // The smallest kept buffer that is long enough, else the longest.
+            let mut s = s.borrow_mut();
+            let i = (0..s.len())
+                .filter(|&i| s[i].len() >= len)
+                .min_by_key(|&i| s[i].len())
+                .or_else(|| (0..s.len()).max_by_key(|&i| s[i].len()))?;
+            Some(s.swap_remove(i))
+        })
+        .unwrap_or_default();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
     }
-    Scratch(v)
+    if cfg!(test) {
+        buf[..len].fill(f32::NAN);
+    }
+    Scratch { buf, len }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
-        SCRATCH.with(|s| s.borrow_mut().push(v));
+        let buf = std::mem::take(&mut self.buf);
+        SCRATCH.with(|s| s.borrow_mut().push(buf));
     }
 }
 
 impl std::ops::Deref for Scratch {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
-        &self.0
+        &self.buf[..self.len]
     }
 }
 
 impl std::ops::DerefMut for Scratch {
     fn deref_mut(&mut self) -> &mut [f32] {
-        &mut self.0
+        &mut self.buf[..self.len]
     }
 }
 

@@ -26,50 +26,62 @@ const MAX_POOLED: usize = 64 << 20;
 /// Free buffers, oldest first, and their total capacity in floats.
 static POOL: Mutex<(Vec<Vec<f32>>, usize)> = Mutex::new((Vec::new(), 0));
 
-/// A `Vec<f32>` that returns to the pool when dropped.
+/// The first `len` floats of a `Vec<f32>` that returns to the pool when dropped.
+///
+/// The vector itself keeps every element it ever initialised: shortening it on the way
+/// back to the pool made the next, longer request zero-fill the regrown part again.
 #[derive(Debug, Default)]
-pub(crate) struct PoolVec(Vec<f32>);
+pub(crate) struct PoolVec {
+    buf: Vec<f32>,
+    len: usize,
+}
 
 impl Clone for PoolVec {
     fn clone(&self) -> Self {
-        let mut v = take_raw(self.len());
+        let mut v = PoolVec {
+            buf: take_raw(self.len),
+            len: self.len,
+        };
         v.copy_from_slice(self);
-        PoolVec(v)
+        v
     }
 }
 
 impl Deref for PoolVec {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
-        &self.0
+        &self.buf[..self.len]
     }
 }
 
 impl DerefMut for PoolVec {
     fn deref_mut(&mut self) -> &mut [f32] {
-        &mut self.0
+        &mut self.buf[..self.len]
     }
 }
 
 impl Drop for PoolVec {
     fn drop(&mut self) {
-        give_back(std::mem::take(&mut self.0));
+        give_back(std::mem::take(&mut self.buf));
     }
 }
 
 /// A buffer of `len` floats with unspecified contents: the caller must write every
 /// element before reading it (tests poison the contents with NaN to check that).
 pub(crate) fn take(len: usize) -> PoolVec {
-    let mut v = take_raw(len);
+    let mut v = PoolVec {
+        buf: take_raw(len),
+        len,
+    };
     if cfg!(test) {
         v.fill(f32::NAN);
     }
-    PoolVec(v)
+    v
 }
 
 /// The smallest pooled buffer that holds `len` floats without wasting more than half of
 /// itself (a huge buffer spent on a small request would force the next large request
-/// to allocate), resized to `len`; a fresh allocation when there is none.
+/// to allocate), at least `len` long; a fresh allocation when there is none.
 fn take_raw(len: usize) -> Vec<f32> {
     if len == 0 {
         return Vec::new();
@@ -91,9 +103,11 @@ fn take_raw(len: usize) -> Vec<f32> {
     };
     match found {
         Some(mut v) => {
-            // Only elements past the old length are written here; the rest keep their
-            // stale (initialised) values.
-            v.resize(len, 0.0);
+            // Only elements past the longest length it had are written here; the rest
+            // keep their stale (initialised) values.
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
             v
         }
         // `vec!` of zeros maps fresh memory lazily (calloc), cheaper than filling it.

@@ -581,11 +581,12 @@ pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let prod = crate::par::map_reduce(
         shares,
         |s| {
-            let mut prod = vec![0.0f32; XI * cout * cin];
+            // Written whole by the share's first block (`acc: false`), added to after.
+            let mut prod = crate::pool::take(XI * cout * cin);
             let mut v = scratch(XI * WGRAD_TILES * cin);
             let mut gt = scratch(XI * WGRAD_TILES * cout);
             let mut gtt = scratch(XI * WGRAD_TILES * cout);
-            for &(b, t0, nt) in blocks.iter().skip(s).step_by(shares) {
+            for (i, &(b, t0, nt)) in blocks.iter().skip(s).step_by(shares).enumerate() {
                 let xt_b = &xt[b * g.p_in() * cin..][..g.p_in() * cin];
                 let dyt_b = &dyt[b * g.p_out() * cout..][..g.p_out() * cout];
                 run_input_block(g, xt_b, (t0, nt, tw), XLayout::Panels, &mut v);
@@ -608,7 +609,7 @@ pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                                 b: Rhs::Packed(&vx[j0 * nt..][..nt * n], n),
                                 c: prod.as_mut_ptr().add(xi * cout * cin + j0),
                                 c_rs: cin,
-                                acc: true,
+                                acc: i > 0,
                             })
                         };
                     }
@@ -617,7 +618,7 @@ pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
             prod
         },
         |mut a, b| {
-            for (x, y) in a.iter_mut().zip(&b) {
+            for (x, y) in a.iter_mut().zip(b.iter()) {
                 *x += y;
             }
             a
