@@ -13,6 +13,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var, bail};
 use oneiro_tensor_ops::bias::add_channel_bias;
+use oneiro_tensor_ops::linear::{linear, linear_relu};
 use oneiro_tensor_ops::conv::{
     Conv2dParams, ConvTranspose2dParams, conv_transpose2d_bias_relu, conv2d, conv2d_bias_relu,
 };
@@ -215,11 +216,6 @@ pub struct Dcgan {
     pub discriminator: Params,
 }
 
-fn leaky(x: &Tensor, slope: f64) -> Result<Tensor> {
-    // max(x, slope·x) for slope < 1.
-    x.maximum(&(x * slope)?)
-}
-
 impl Dcgan {
     pub fn new_random(config: GanConfig, rng: &mut impl Rng, dev: &Device) -> Result<Self> {
         if let Err(e) = config.validate() {
@@ -260,10 +256,8 @@ impl Dcgan {
         let g = &self.generator;
         let s = self.config.leaky_slope;
         let b = z.dim(0)?;
-        let x = z
-            .matmul(&g.get(0, false).t()?)?
-            .broadcast_add(&g.get(1, false))?;
-        let x = leaky(&x, s)?.reshape((b, self.config.generator_seed_channels, 16, 16))?;
+        let x = linear_relu(z, &g.get(0, false), &g.get(1, false), s as f32)?;
+        let x = x.reshape((b, self.config.generator_seed_channels, 16, 16))?;
         // Conv (weight i, bias i + 1) then the channel bias.
         let conv = |x: &Tensor, i: usize, p: Conv2dParams| {
             add_channel_bias(&conv2d(x, &g.get(i, false), p)?, &g.get(i + 1, false))
@@ -330,8 +324,7 @@ impl Dcgan {
                 x = (x * mask)?;
             }
         }
-        x.matmul(&d.get(8, frozen).t()?)?
-            .broadcast_add(&d.get(9, frozen))
+        linear(&x, &d.get(8, frozen), &d.get(9, frozen))
     }
 }
 

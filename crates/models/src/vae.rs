@@ -17,6 +17,7 @@ use oneiro_tensor_ops::bias::add_channel_bias;
 use oneiro_tensor_ops::conv::{
     Conv2dParams, ConvTranspose2dParams, conv_transpose2d_bias_relu, conv2d, conv2d_bias_relu,
 };
+use oneiro_tensor_ops::linear::{linear, linear_relu};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -191,7 +192,11 @@ impl Vae {
     }
 
     fn dense(&self, x: &Tensor, w: usize) -> Result<Tensor> {
-        x.matmul(&self.p(w).t()?)?.broadcast_add(self.p(w + 1))
+        linear(x, self.p(w), self.p(w + 1))
+    }
+
+    fn dense_relu(&self, x: &Tensor, w: usize) -> Result<Tensor> {
+        linear_relu(x, self.p(w), self.p(w + 1), 0.0)
     }
 
     /// `images` (B, 1, 28, 28) with pixels in [0, 1].
@@ -213,7 +218,7 @@ impl Vae {
         let x = self.conv_relu(&x, 2, down)?;
         let x = self.conv_relu(&x, 4, same)?;
         let x = self.conv_relu(&x, 6, same)?;
-        let x = self.dense(&x.reshape((b, ()))?, 8)?.relu()?;
+        let x = self.dense_relu(&x.reshape((b, ()))?, 8)?;
         Ok(Encoded {
             z_mean: self.dense(&x, 10)?,
             z_log_var: self.dense(&x, 12)?,
@@ -223,7 +228,7 @@ impl Vae {
     /// Decoder logits (B, 1, 28, 28) for latent points `z` (B, latent).
     pub fn decode_logits(&self, z: &Tensor) -> Result<Tensor> {
         let b = z.dim(0)?;
-        let x = self.dense(z, 14)?.relu()?.reshape((b, 64, HALF, HALF))?;
+        let x = self.dense_relu(z, 14)?.reshape((b, 64, HALF, HALF))?;
         // Keras Conv2DTranspose(k=3, s=2, same) = padding 1, output_padding 1.
         let up = ConvTranspose2dParams {
             padding: 1,

@@ -4,6 +4,8 @@
 //!   or fused with a (leaky) ReLU.
 //! - [`conv`]: 2-D convolution and transposed convolution (CPU kernels with their own
 //!   backward, which skips gradients nothing asks for; candle's ops on other devices).
+//! - [`linear`]: a dense layer `act(x · wᵀ + b)` whose weight and bias gradients come out
+//!   in place (candle's composition copies the transposed weight gradient).
 //! - [`lstm`]: a fused LSTM over a whole sequence (CPU kernel with its own backward,
 //!   candle composition on other devices) and a batch-1 inference runner.
 //! - [`pool2d`]: 2-D max and average pooling with overlapping windows and padding,
@@ -20,6 +22,7 @@ pub mod bias;
 pub mod conv;
 pub mod fastmath;
 pub mod gram;
+pub mod linear;
 pub mod lstm;
 mod par;
 mod pool;
@@ -33,6 +36,7 @@ pub use conv::{
     Conv2dParams, ConvTranspose2dParams, conv_transpose2d, conv_transpose2d_bias_relu,
     conv_transpose2d_candle, conv2d, conv2d_bias_relu, conv2d_candle,
 };
+pub use linear::{linear, linear_relu};
 pub use lstm::{
     CpuLstmRunner, LstmSeq, RunnerScratch, Wavefront, lstm_last_hidden, lstm_last_hidden_reference,
 };
