@@ -99,17 +99,21 @@ impl CustomOp3 for Dense {
         };
         let b = &bs.as_slice::<f32>()?[start..end];
         let slope = self.slope;
-        crate::par::for_chunks_mut(&mut y, ROWS_FLOATS.next_multiple_of(m.max(1)), |_, rows| {
-            for row in rows.chunks_mut(m) {
-                for (v, &b) in row.iter_mut().zip(b) {
-                    let z = *v + b;
-                    *v = match slope {
-                        Some(s) if z <= 0.0 => s * z,
-                        _ => z,
-                    };
+        crate::par::for_chunks_mut(
+            &mut y,
+            ROWS_FLOATS.next_multiple_of(m.max(1)),
+            move |_, rows| {
+                for row in rows.chunks_mut(m) {
+                    match slope {
+                        Some(s) => row
+                            .iter_mut()
+                            .zip(b)
+                            .for_each(|(v, &b)| *v = crate::bias::bias_act(*v, b, s)),
+                        None => row.iter_mut().zip(b).for_each(|(v, &b)| *v += b),
+                    }
                 }
-            }
-        });
+            },
+        );
         Ok((CpuStorage::F32(y), Shape::from((n, m))))
     }
 
