@@ -13,10 +13,10 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var, bail};
 use oneiro_tensor_ops::bias::add_channel_bias;
-use oneiro_tensor_ops::linear::{linear, linear_relu};
 use oneiro_tensor_ops::conv::{
     Conv2dParams, ConvTranspose2dParams, conv_transpose2d_bias_relu, conv2d, conv2d_bias_relu,
 };
+use oneiro_tensor_ops::linear::{linear, linear_relu};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
