@@ -1,5 +1,6 @@
-//! Times the convolutions of the book's conv VAE (MNIST, batch 16) and DCGAN (32×32,
-//! batch 20), candle's stock ops against `oneiro_tensor_ops::conv`, forward alone and
+//! Times the convolutions and dense layers of the book's conv VAE (MNIST, batch 16) and
+//! DCGAN (32×32, batch 20), candle's stock ops against `oneiro_tensor_ops::conv` and
+//! `oneiro_tensor_ops::linear` (with its activation), forward alone and
 //! forward + backward (loss `Σ y · r`, gradients for the kernel and, except for layers
 //! that read the data, the input). The last column times that loss alone (no
 //! convolution), which both forward + backward columns include.
@@ -21,11 +22,14 @@ use oneiro_tensor_ops::conv::{
     Conv2dParams, ConvTranspose2dParams, conv_transpose2d, conv_transpose2d_candle, conv2d,
     conv2d_candle,
 };
+use oneiro_tensor_ops::linear::linear_relu;
 
 #[derive(Clone, Copy)]
 enum Kind {
     Conv(Conv2dParams),
     ConvT(ConvTranspose2dParams),
+    /// `act(x · wᵀ + b)` with this negative slope; `x` is `(B, C_in, 1, 1)` flattened.
+    Dense(f32),
 }
 
 struct Layer {
@@ -95,6 +99,30 @@ fn layers() -> Vec<Layer> {
             x_grad: true,
         },
         Layer {
+            name: "vae dense 12544->32 relu",
+            x: (16, 12544, 1, 1),
+            cout: 32,
+            k: 1,
+            kind: Kind::Dense(0.0),
+            x_grad: true,
+        },
+        Layer {
+            name: "vae dense 2->12544 relu",
+            x: (16, 2, 1, 1),
+            cout: 12544,
+            k: 1,
+            kind: Kind::Dense(0.0),
+            x_grad: true,
+        },
+        Layer {
+            name: "gan dense 32->32768 leaky 0.3",
+            x: (20, 32, 1, 1),
+            cout: 32768,
+            k: 1,
+            kind: Kind::Dense(0.3),
+            x_grad: true,
+        },
+        Layer {
             name: "gan conv 128->256 5x5 same 16",
             x: (20, 128, 16, 16),
             cout: 256,
@@ -145,6 +173,18 @@ fn layers() -> Vec<Layer> {
     ]
 }
 
+/// A dense layer on `x (B, C, 1, 1)` with `w (out, C, 1, 1)`: ours, or candle's
+/// composition (`matmul` with the transposed weight, broadcast bias, `maximum(z, s·z)`).
+fn dense(x: &Tensor, w: &Tensor, b: &Tensor, slope: f32, ours: bool) -> Result<Tensor> {
+    let x = x.flatten_from(1)?;
+    let w = w.flatten_from(1)?;
+    if ours {
+        return linear_relu(&x, &w, b, slope);
+    }
+    let z = x.matmul(&w.t()?)?.broadcast_add(b)?;
+    z.maximum(&(&z * slope as f64)?)
+}
+
 /// Median wall time of `f` over at least 3 runs and about `budget`, after one warm-up.
 fn time(budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
@@ -184,8 +224,10 @@ fn main() -> Result<()> {
         let wshape = match l.kind {
             Kind::Conv(_) => (l.cout, cin, l.k, l.k),
             Kind::ConvT(_) => (cin, l.cout, l.k, l.k),
+            Kind::Dense(_) => (l.cout, cin * h * w, 1, 1),
         };
         let wt = Var::from_tensor(&(Tensor::randn(0f32, 1.0, wshape, &dev)? * 0.05)?)?;
+        let bias = Var::from_tensor(&Tensor::randn(0f32, 0.1, l.cout, &dev)?)?;
         let xin = if l.x_grad {
             x.as_tensor().clone()
         } else {
@@ -197,6 +239,7 @@ fn main() -> Result<()> {
                 (Kind::Conv(p), false) => conv2d_candle(&xin, wt.as_tensor(), p),
                 (Kind::ConvT(p), true) => conv_transpose2d(&xin, wt.as_tensor(), p),
                 (Kind::ConvT(p), false) => conv_transpose2d_candle(&xin, wt.as_tensor(), p),
+                (Kind::Dense(s), ours) => dense(&xin, wt.as_tensor(), bias.as_tensor(), s, ours),
             }
         };
         let r = Tensor::randn(0f32, 1.0, run(true)?.shape(), &dev)?;
@@ -232,6 +275,7 @@ fn main() -> Result<()> {
                     let y = match l.kind {
                         Kind::Conv(p) => conv2d(xi, wi, p)?,
                         Kind::ConvT(p) => conv_transpose2d(xi, wi, p)?,
+                        Kind::Dense(s) => dense(xi, wi, bias.as_tensor(), s, true)?,
                     };
                     (y * &r)?.sum_all()?.backward()?;
                     Ok(())

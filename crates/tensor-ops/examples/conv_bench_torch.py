@@ -1,4 +1,4 @@
-"""PyTorch timings of the layers of conv_bench.rs, for comparison.
+"""PyTorch timings of the layers of conv_bench.rs (convolutions and dense layers), for comparison.
 
 Same shapes, same loss (sum(y * r)), same gradients (the kernel always, the input except
 for layers that read the data), median of runs after a warm-up, 2 threads by default:
@@ -17,13 +17,17 @@ THREADS = int(sys.argv[2]) if len(sys.argv) > 2 else 2
 torch.set_num_threads(THREADS)
 torch.manual_seed(0)
 
-# name, (B, C_in, H, W), C_out, k, kind, stride, padding [t, b, l, r] or (p, output_padding), x_grad
+# name, (B, C_in, H, W), C_out, k, kind, stride, padding [t, b, l, r] or (p, output_padding)
+# or a dense layer's negative slope, x_grad
 LAYERS = [
     ("vae conv 1->32 3x3 same 28", (16, 1, 28, 28), 32, 3, "conv", 1, [1, 1, 1, 1], False),
     ("vae conv 32->64 3x3 s2 28", (16, 32, 28, 28), 64, 3, "conv", 2, [0, 1, 0, 1], True),
     ("vae conv 64->64 3x3 same 14 (x2)", (16, 64, 14, 14), 64, 3, "conv", 1, [1, 1, 1, 1], True),
     ("vae convT 64->32 3x3 s2 14", (16, 64, 14, 14), 32, 3, "convT", 2, (1, 1), True),
     ("vae conv 32->1 3x3 same 28", (16, 32, 28, 28), 1, 3, "conv", 1, [1, 1, 1, 1], True),
+    ("vae dense 12544->32 relu", (16, 12544, 1, 1), 32, 1, "dense", 1, 0.0, True),
+    ("vae dense 2->12544 relu", (16, 2, 1, 1), 12544, 1, "dense", 1, 0.0, True),
+    ("gan dense 32->32768 leaky 0.3", (20, 32, 1, 1), 32768, 1, "dense", 1, 0.3, True),
     ("gan conv 128->256 5x5 same 16", (20, 128, 16, 16), 256, 5, "conv", 1, [2, 2, 2, 2], True),
     ("gan convT 256->256 4x4 s2 16", (20, 256, 16, 16), 256, 4, "convT", 2, (1, 0), True),
     ("gan conv 256->256 5x5 same 32", (20, 256, 32, 32), 256, 5, "conv", 1, [2, 2, 2, 2], True),
@@ -33,7 +37,9 @@ LAYERS = [
 ]
 
 
-def run(kind, x, w, stride, pad):
+def run(kind, x, w, stride, pad, bias=None):
+    if kind == "dense":
+        return F.leaky_relu(F.linear(x.flatten(1), w.flatten(1), bias), pad)
     if kind == "convT":
         p, op = pad
         return F.conv_transpose2d(x, w, stride=stride, padding=p, output_padding=op)
@@ -64,18 +70,21 @@ def main():
         x = torch.randn(b, cin, h, wd, requires_grad=x_grad)
         wshape = (cin, cout, k, k) if kind == "convT" else (cout, cin, k, k)
         w = (torch.randn(*wshape) * 0.05).requires_grad_(True)
+        bias = (torch.randn(cout) * 0.1).requires_grad_(True) if kind == "dense" else None
         with torch.no_grad():
-            r = torch.randn_like(run(kind, x, w, stride, pad))
+            r = torch.randn_like(run(kind, x, w, stride, pad, bias))
 
         def fwd():
             # Inference mode, as candle's forward without a backward builds nothing costly.
             with torch.no_grad():
-                run(kind, x, w, stride, pad)
+                run(kind, x, w, stride, pad, bias)
 
         def fwd_bwd():
             x.grad = None
             w.grad = None
-            (run(kind, x, w, stride, pad) * r).sum().backward()
+            if bias is not None:
+                bias.grad = None
+            (run(kind, x, w, stride, pad, bias) * r).sum().backward()
 
         y0 = torch.zeros_like(r, requires_grad=True)
 

@@ -241,13 +241,16 @@ pub(crate) fn act_grad(y: &Tensor, dy: &Tensor, slope: f32) -> Result<Tensor> {
 /// `act(v + b)`: the one definition of the (leaky) ReLU that the standalone and the fused
 /// (conv2d_bias_relu) kernels share, so both give the same bits.
 ///
-/// Written as a product with a selected factor (`z · 1` is `z` exactly) so that the loops
-/// compile to vector selects: as a branch it stayed scalar and mispredicted on every
-/// other element (~1 ms per 400 K elements, forward plus backward).
+/// Written as selects between values computed on both sides, so that the loops compile
+/// to vector blends: as a branch on the sign (with the slope reloaded each element) they
+/// stayed scalar and mispredicted on every other element (~1 ms per 400 K elements,
+/// forward plus backward). Plain ReLU gives 0 below zero, not `0 · z` (NaN at −∞, −0
+/// elsewhere), as candle's `relu` and PyTorch do.
 #[inline(always)]
 pub(crate) fn bias_act(v: f32, b: f32, slope: f32) -> f32 {
     let z = v + b;
-    z * act_factor(z, slope)
+    let neg = if slope == 0.0 { 0.0 } else { slope * z };
+    if z > 0.0 { z } else { neg }
 }
 
 /// The (leaky) ReLU's derivative at `z`: 1 above 0, `slope` elsewhere.

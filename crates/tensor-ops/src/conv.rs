@@ -2531,6 +2531,9 @@ mod tests {
             (1, 144, 80, 9, 10, 3, 3, (1, 1), [1, 1, 1, 1]),
             // 144 tiles: two depth blocks of the weight gradient, the second partial.
             (1, 16, 16, 24, 23, 5, 5, (1, 1), [2, 2, 2, 2]),
+            // More depth blocks (one per image) than threads: each thread's sum is
+            // written by its first block and added to by the others.
+            (9, 16, 16, 6, 5, 3, 3, (1, 1), [1, 1, 1, 1]),
         ];
         for (i, case) in cases.iter().enumerate() {
             let (x, w, p) = conv_setup(case, 200 + i as u64);

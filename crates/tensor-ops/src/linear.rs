@@ -177,7 +177,14 @@ mod tests {
     #[test]
     fn matches_candles_composition_and_its_gradients() -> Result<()> {
         let dev = Device::Cpu;
-        for (n, k, m) in [(5, 37, 3), (1, 4, 9), (16, 300, 32), (3, 2, 1000)] {
+        // (3, 7, 12544): an output of several work items of the bias pass.
+        for (n, k, m) in [
+            (5, 37, 3),
+            (1, 4, 9),
+            (16, 300, 32),
+            (3, 2, 1000),
+            (3, 7, 12544),
+        ] {
             for slope in [None, Some(0.0), Some(0.2)] {
                 let x = Var::from_tensor(&Tensor::randn(0f32, 1f32, (n, k), &dev)?)?;
                 let w = Var::from_tensor(&Tensor::randn(0f32, 0.3f32, (m, k), &dev)?)?;
@@ -220,7 +227,7 @@ mod tests {
         let wv: Vec<f32> = (0..m * k)
             .map(|i| ((i * 5 % 13) as f32 - 6.0) / 7.0)
             .collect();
-        let bv: Vec<f32> = (0..m).map(|i| i as f32 * 0.3 - 0.4).collect();
+        let bv: Vec<f32> = (0..m).map(|i| i as f32 * 0.3 - 0.45).collect();
         let r = Tensor::from_vec(
             (0..n * m).map(|i| (i % 5) as f32 - 2.0).collect::<Vec<_>>(),
             (n, m),
@@ -244,6 +251,13 @@ mod tests {
             .sum_all()?
             .backward()?;
         let h = 1e-2f32;
+        // The test's premise: no pre-activation within a step of the kink.
+        let z = composed(x.as_tensor(), w.as_tensor(), b.as_tensor(), None)?;
+        let nearest = z.abs()?.min_all()?.to_scalar::<f32>()?;
+        assert!(
+            nearest > 4.0 * h,
+            "pre-activation {nearest} too near 0 for steps of {h}"
+        );
         for which in 0..3 {
             let analytic = g
                 .get([&x, &w, &b][which])
@@ -276,8 +290,60 @@ mod tests {
         assert!(g.get(&w).is_none() && g.get(&b).is_none() && g.get(&x).is_some());
         let e = linear(x.as_tensor(), &w.t()?, &b).unwrap_err().to_string();
         assert!(e.contains("(out, in)"), "{e}");
-        assert!(linear(x.as_tensor(), &w, &Tensor::zeros(3, DType::F32, &dev)?).is_err());
-        assert!(linear_relu(x.as_tensor(), &w, &b, f32::NAN).is_err());
+        let e = linear(x.as_tensor(), &w, &Tensor::zeros(3, DType::F32, &dev)?)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bias [3]"), "{e}");
+        let e = linear_relu(x.as_tensor(), &w, &b, f32::NAN)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("negative slope NaN"), "{e}");
+        Ok(())
+    }
+
+    /// Transposed and narrowed operands give what their contiguous copies give, and their
+    /// gradients reach the original variables.
+    #[test]
+    fn strided_operands_are_read_as_their_values() -> Result<()> {
+        let dev = Device::Cpu;
+        let xt = Var::from_tensor(&Tensor::randn(0f32, 1f32, (6, 4), &dev)?)?;
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 1f32, (6, 5), &dev)?)?;
+        let bb = Var::from_tensor(&Tensor::randn(0f32, 1f32, 8, &dev)?)?;
+        let (x, w, b) = (
+            xt.as_tensor().t()?,
+            wt.as_tensor().t()?,
+            bb.as_tensor().narrow(0, 2, 5)?,
+        );
+        assert!(!x.is_contiguous() && !w.is_contiguous());
+        let ours = linear_relu(&x, &w, &b, 0.1)?;
+        let theirs = composed(
+            &x.contiguous()?,
+            &w.contiguous()?,
+            &b.contiguous()?,
+            Some(0.1),
+        )?;
+        assert!(max_diff(&ours, &theirs)? < 1e-5);
+        let g = ours.sum_all()?.backward()?;
+        let h = theirs.sum_all()?.backward()?;
+        for v in [&xt, &wt, &bb] {
+            assert!(max_diff(g.get(v).unwrap(), h.get(v).unwrap())? < 1e-5);
+        }
+        Ok(())
+    }
+
+    /// Plain ReLU is 0 below zero even at −∞ (not `0 · −∞`), as candle's `relu`; the
+    /// leaky one keeps −∞.
+    #[test]
+    fn relu_of_minus_infinity_is_zero() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::ones((1, 2), DType::F32, &dev)?;
+        let w = Tensor::ones((2, 2), DType::F32, &dev)?;
+        let b = Tensor::new(&[f32::NEG_INFINITY, -5.0], &dev)?;
+        let y = linear_relu(&x, &w, &b, 0.0)?.to_vec2::<f32>()?;
+        assert_eq!(y, [[0.0, 0.0]]);
+        assert!(y[0].iter().all(|v| v.is_sign_positive()));
+        let y = linear_relu(&x, &w, &b, 0.5)?.to_vec2::<f32>()?;
+        assert_eq!(y, [[f32::NEG_INFINITY, -1.5]]);
         Ok(())
     }
 }

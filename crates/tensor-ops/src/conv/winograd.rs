@@ -577,7 +577,11 @@ pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 .map(move |t0| (b, t0, WGRAD_TILES.min(tiles - t0)))
         })
         .collect();
-    let shares = crate::par::threads().min(blocks.len()).max(1);
+    if blocks.is_empty() {
+        // No tiles: the per-thread sums below would never be written.
+        return vec![0.0; cout * cin * r * r];
+    }
+    let shares = crate::par::threads().min(blocks.len());
     let prod = crate::par::map_reduce(
         shares,
         |s| {
