@@ -1001,7 +1001,7 @@ fn to_channels_last(src: &[f32], b: usize, c: usize, p: usize) -> PoolVec {
 }
 
 /// `src (rows × cols)` → `dst (cols × rows)`, both dense.
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
     // SAFETY: the extents are asserted above.
     unsafe { transpose_raw(src.as_ptr(), cols, (rows, cols), dst.as_mut_ptr(), rows) }
