@@ -45,13 +45,17 @@ pub fn add_channel_bias_relu(x: &Tensor, b: &Tensor, negative_slope: f32) -> Res
 /// `where(z > 0)` rather than `relu` / `maximum`, whose gradients at `z = 0` (1, and a
 /// half split) differ from the CPU kernel's.
 fn bias_act_composed(x: &Tensor, b: &Tensor, c: usize, slope: f32) -> Result<Tensor> {
-    let z = x.broadcast_add(&b.reshape((1, c, 1, 1))?)?;
+    act_composed(&x.broadcast_add(&b.reshape((1, c, 1, 1))?)?, slope)
+}
+
+/// The (leaky) ReLU of the CPU kernels as candle's ops, for the composed fallbacks.
+pub(crate) fn act_composed(z: &Tensor, slope: f32) -> Result<Tensor> {
     let neg = if slope == 0.0 {
         z.zeros_like()?
     } else {
-        (&z * slope as f64)?
+        (z * slope as f64)?
     };
-    z.gt(0f64)?.where_cond(&z, &neg)
+    z.gt(0f64)?.where_cond(z, &neg)
 }
 
 /// The channel count of `x`, checked against `b`.

@@ -59,14 +59,7 @@ fn composed(x: &Tensor, w: &Tensor, b: &Tensor, slope: Option<f32>) -> Result<Te
     let z = x.matmul(&w.t()?)?.broadcast_add(b)?;
     match slope {
         None => Ok(z),
-        Some(s) => {
-            let neg = if s == 0.0 {
-                z.zeros_like()?
-            } else {
-                (&z * s as f64)?
-            };
-            z.gt(0f64)?.where_cond(&z, &neg)
-        }
+        Some(s) => crate::bias::act_composed(&z, s),
     }
 }
 
@@ -151,7 +144,7 @@ impl CustomOp3 for Dense {
         let dw = if w.track_op() {
             // dW = dzᵀ · x, in the weight's (out, in) layout.
             let v = with_f32(&dz, |dz| {
-                let mut dzt = vec![0f32; m * n];
+                let mut dzt = crate::pool::take(m * n);
                 crate::conv::transpose(dz, n, m, &mut dzt);
                 with_f32(x, |x| matmul(m, &dzt, n, (n, k, x, k, 1)))
             })??;
