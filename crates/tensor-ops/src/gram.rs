@@ -9,7 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 
-use crate::conv::matmul;
+use crate::gemm::matmul;
 
 /// `f · fᵀ` for `f (C, N)`; differentiable.
 pub fn gram(f: &Tensor) -> Result<Tensor> {

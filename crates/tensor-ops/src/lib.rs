@@ -15,21 +15,24 @@
 //! - [`sampling`]: temperature reweighting and multinomial draws.
 //! - [`gram`]: the Gram matrix `F · Fᵀ` of style losses, on the convolutions' kernel.
 //! - [`fastmath`]: vectorized exp/sigmoid/tanh used by the CPU kernels.
-//! - `smallgemm` (private): the AVX-512 kernel for the LSTM's matmuls.
-//! - `pool` (private): recycled buffers for the CPU kernels.
+//! - `gemm` (private): the matrix-product kernels the CPU ops run on: the register-tiled
+//!   AVX-512 kernel of the convolutions, dense layers and Gram matrix, and (`gemm::small`)
+//!   the LSTM's.
+//! - `buffers` (private): recycled buffers for the CPU kernels (a global pool and
+//!   per-thread scratch).
 
 pub mod bias;
+mod buffers;
 pub mod conv;
 pub mod fastmath;
+mod gemm;
 pub mod gram;
 pub mod linear;
 pub mod lstm;
 mod par;
-mod pool;
 pub mod pool2d;
 pub mod rmsprop;
 pub mod sampling;
-mod smallgemm;
 
 pub use bias::add_channel_bias_relu;
 pub use conv::{

@@ -14,7 +14,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, bail};
 
-use crate::conv::matmul;
+use crate::gemm::matmul;
 
 /// `x (n, in) · wᵀ + b` with `w (out, in)` and `b (out)`; differentiable in all three.
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -144,8 +144,8 @@ impl CustomOp3 for Dense {
         let dw = if w.track_op() {
             // dW = dzᵀ · x, in the weight's (out, in) layout.
             let v = with_f32(&dz, |dz| {
-                let mut dzt = crate::pool::take(m * n);
-                crate::conv::transpose(dz, n, m, &mut dzt);
+                let mut dzt = crate::buffers::take(m * n);
+                crate::gemm::transpose(dz, n, m, &mut dzt);
                 with_f32(x, |x| matmul(m, &dzt, n, (n, k, x, k, 1)))
             })??;
             Some(Tensor::from_vec(v, (m, k), dev)?)
@@ -165,7 +165,7 @@ fn x_wt(n: usize, k: usize, m: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
     if n * k + n * m < m * k {
         let yt = matmul(m, w, k, (k, n, x, 1, k));
         let mut y = vec![0f32; n * m];
-        crate::conv::transpose(&yt, m, n, &mut y);
+        crate::gemm::transpose(&yt, m, n, &mut y);
         y
     } else {
         matmul(n, x, k, (k, m, w, 1, k))

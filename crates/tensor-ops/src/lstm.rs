@@ -17,9 +17,9 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
+use crate::buffers::{self, PoolVec};
 use crate::fastmath;
-use crate::pool::{self, PoolVec};
-use crate::smallgemm::{self, PackedRhs};
+use crate::gemm::small::{self, PackedRhs};
 
 /// The last hidden state `(B, H)` of an LSTM run from zero state over `ids` `(B, T)`.
 ///
@@ -75,9 +75,9 @@ pub fn lstm_last_hidden_reference(ids: &Tensor, table: &Tensor, w_hh: &Tensor) -
 /// steps, is one contiguous row-major block (the per-step products read and write whole
 /// blocks, and the weight gradient takes runs of steps as one product).
 ///
-/// The large buffers come from [`pool`] and go back to it when the chunk is dropped
-/// (after the backward, or at once without `train`): they are the same sizes at every
-/// training step, and each is written in full before it is read, so reusing them skips
+/// The large buffers come from the [`buffers`] pool and go back to it when the chunk is
+/// dropped (after the backward, or at once without `train`): they are the same sizes at
+/// every training step, and each is written in full before it is read, so reusing them skips
 /// the zeroing and page faults of fresh allocations.
 struct Chunk {
     b0: usize,
@@ -123,10 +123,10 @@ impl Chunk {
         let mut c = Chunk {
             b0,
             rows,
-            acts: pool::take(t_len * rows * g),
-            cs: pool::take(t_len * rows * h),
-            tcs: pool::take(t_len * rows * h),
-            hprev: pool::take(t_len * rows * h),
+            acts: buffers::take(t_len * rows * g),
+            cs: buffers::take(t_len * rows * h),
+            tcs: buffers::take(t_len * rows * h),
+            hprev: buffers::take(t_len * rows * h),
             h_last: vec![0.0; rows * h],
         };
         c.hprev[..rows * h].fill(0.0);
@@ -143,7 +143,7 @@ impl Chunk {
                 // rows × H hidden block of step t (row stride H) end inside `acts` and
                 // `hprev`, which are distinct buffers; W_hhᵀ is H × 4H as packed.
                 unsafe {
-                    smallgemm::gemm_packed(
+                    small::gemm_packed(
                         rows,
                         gates.as_mut_ptr(),
                         g,
@@ -183,7 +183,7 @@ impl Chunk {
     /// BPTT for this share: returns its contributions to d(table) `(V, 4H)` and
     /// d(W_hh) `(4H, H)`. `w_hh` is `W_hh` `(4H, H)`, packed.
     ///
-    /// The gate gradients of a run of steps (about [`smallgemm::KC`] rows in all) are
+    /// The gate gradients of a run of steps (about [`small::KC`] rows in all) are
     /// kept in a block that stays in L2, and folded into dW_hh and d(table) when the run
     /// is complete: one product `dgatesᵀ · hprev` over the whole run, with operands that
     /// are still in cache. Kept for all steps instead (rows · T · 4H floats, 7.8 MB per
@@ -201,10 +201,10 @@ impl Chunk {
         let (t_len, h, g, rows) = (d.t, d.h, d.g(), self.rows);
         // Steps per run: runs start at multiples of `run` (the last one, processed
         // first, may be shorter).
-        let run = smallgemm::KC.div_ceil(rows).clamp(1, t_len);
+        let run = small::KC.div_ceil(rows).clamp(1, t_len);
         // `(run, rows, 4H)`: step t of the current run at slot t - start. Every slot of
         // a run is written by the cell backward before the run is folded.
-        let mut dgates = pool::take(run * rows * g);
+        let mut dgates = buffers::take(run * rows * g);
         let mut dh = grad_h[self.b0 * h..(self.b0 + rows) * h].to_vec();
         let mut dc = vec![0.0f32; rows * h];
         let zeros = vec![0.0f32; h];
@@ -237,15 +237,7 @@ impl Chunk {
                     // `dg_t`; dh is rows × H (row stride H), a separate buffer; W_hh is
                     // 4H × H as packed.
                     unsafe {
-                        smallgemm::gemm_packed(
-                            rows,
-                            dh.as_mut_ptr(),
-                            h,
-                            false,
-                            dg_t.as_ptr(),
-                            g,
-                            w_hh,
-                        );
+                        small::gemm_packed(rows, dh.as_mut_ptr(), h, false, dg_t.as_ptr(), g, w_hh);
                     }
                 }
             }
@@ -257,7 +249,7 @@ impl Chunk {
             // (dgates holds `run ≥ steps` slots, hprev T·rows rows); dw is 4H × H
             // row-major and a separate allocation.
             unsafe {
-                smallgemm::gemm_strided_lhs(
+                small::gemm_strided_lhs(
                     (g, h, k),
                     dw.as_mut_ptr(),
                     h,
@@ -491,183 +483,7 @@ impl CpuLstmRunner {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Var;
-
-    fn setup(b: usize, t: usize, v: usize, h: usize, seed: u64) -> Result<(Tensor, Var, Var)> {
-        let dev = Device::Cpu;
-        // Deterministic pseudo-random values without pulling an RNG into the test.
-        let mut state = seed;
-        let mut next = move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-        };
-        let ids: Vec<u32> = (0..b * t)
-            .map(|_| ((next() + 0.5) * v as f32) as u32 % v as u32)
-            .collect();
-        let table: Vec<f32> = (0..v * 4 * h).map(|_| next() * 1.5).collect();
-        let w: Vec<f32> = (0..4 * h * h).map(|_| next()).collect();
-        Ok((
-            Tensor::from_vec(ids, (b, t), &dev)?,
-            Var::from_tensor(&Tensor::from_vec(table, (v, 4 * h), &dev)?)?,
-            Var::from_tensor(&Tensor::from_vec(w, (4 * h, h), &dev)?)?,
-        ))
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
-    /// The fused op's output and gradients against the candle composition.
-    fn check_against_reference(b: usize, t: usize, v: usize, h: usize) -> Result<()> {
-        let (ids, table, w) = setup(b, t, v, h, 42)?;
-        // A loss that weights every output differently, so no gradient cancels.
-        let weights = Tensor::arange(0f32, (b * h) as f32, &Device::Cpu)?
-            .reshape((b, h))?
-            .cos()?;
-        let fused = lstm_last_hidden(&ids, &table, &w, true)?;
-        let reference = lstm_last_hidden_reference(&ids, &table, &w)?;
-        assert!(max_abs_diff(&fused, &reference) < 1e-5);
-        let gf = (fused * &weights)?.sum_all()?.backward()?;
-        let gr = (reference * &weights)?.sum_all()?.backward()?;
-        for var in [&table, &w] {
-            let (a, r) = (gf.get(var).unwrap(), gr.get(var).unwrap());
-            let scale = r.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-3);
-            assert!(
-                max_abs_diff(a, r) / scale < 1e-4,
-                "gradient mismatch for shape {:?} (b={b} t={t} v={v} h={h})",
-                var.shape()
-            );
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn fused_forward_and_gradients_match_the_candle_composition() -> Result<()> {
-        // H = 16 and 32 run every product through the AVX-512 kernel where there is one
-        // (the others have widths that are not multiples of 16 and take `gemm`).
-        for &(b, t, v, h) in &[
-            (5, 7, 6, 4),
-            (16, 12, 9, 8),
-            (3, 1, 4, 3),
-            (7, 5, 6, 16),
-            (13, 4, 5, 32),
-        ] {
-            check_against_reference(b, t, v, h)?;
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn the_backward_folds_runs_of_steps_of_any_length() -> Result<()> {
-        // The backward folds the gate gradients into dW_hh and d(table) every
-        // ⌈KC / rows⌉ steps. With 1 or 3 threads these shapes give runs of 2 or 4 steps
-        // and a short one (100 rows, or 34 and 32 per thread), of 19 steps and a short
-        // one (7 rows), exactly two runs (9 rows), and a single run (fewer rows).
-        for threads in [1, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .map_err(candle_core::Error::wrap)?;
-            pool.install(|| -> Result<()> {
-                for &(b, t, v, h) in &[(100, 9, 5, 16), (7, 40, 6, 16), (9, 30, 4, 3)] {
-                    check_against_reference(b, t, v, h)?;
-                }
-                Ok(())
-            })?;
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn fused_gradients_match_finite_differences() -> Result<()> {
-        let (b, t, v, h) = (4, 6, 5, 3);
-        let (ids, table, w) = setup(b, t, v, h, 7)?;
-        let weights = Tensor::arange(0f32, (b * h) as f32, &Device::Cpu)?
-            .reshape((b, h))?
-            .sin()?;
-        let loss = |table: &Tensor, w: &Tensor| -> Result<f64> {
-            let out = lstm_last_hidden(&ids, table, w, false)?;
-            (out * &weights)?
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()
-        };
-        let grads = (lstm_last_hidden(&ids, &table, &w, true)? * &weights)?
-            .sum_all()?
-            .backward()?;
-        let eps = 1e-2f32;
-        for var in [&table, &w] {
-            let analytic = grads.get(var).unwrap().flatten_all()?.to_vec1::<f32>()?;
-            let base = var.flatten_all()?.to_vec1::<f32>()?;
-            for idx in (0..base.len()).step_by(3) {
-                let perturbed = |delta: f32| -> Result<f64> {
-                    let mut p = base.clone();
-                    p[idx] += delta;
-                    let p = Tensor::from_vec(p, var.shape(), &Device::Cpu)?;
-                    if std::ptr::eq(var, &table) {
-                        loss(&p, &w)
-                    } else {
-                        loss(&table, &p)
-                    }
-                };
-                let numeric = (perturbed(eps)? - perturbed(-eps)?) / (2.0 * eps as f64);
-                let err = (numeric - analytic[idx] as f64).abs();
-                assert!(
-                    err < 2e-3 + 2e-2 * numeric.abs(),
-                    "index {idx}: numeric {numeric} vs analytic {}",
-                    analytic[idx]
-                );
-            }
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn runner_matches_the_graph_forward() -> Result<()> {
-        let (b, t, v, h) = (3, 9, 6, 8);
-        let (ids, table, w) = setup(b, t, v, h, 3)?;
-        let out_w = Tensor::arange(0f32, (5 * h) as f32, &Device::Cpu)?
-            .reshape((5, h))?
-            .sin()?;
-        let out_b = Tensor::new(&[0.1f32, -0.2, 0.3, 0.0, 1.0], &Device::Cpu)?;
-        let expected = lstm_last_hidden(&ids, &table, &w, false)?
-            .matmul(&out_w.t()?)?
-            .broadcast_add(&out_b)?;
-        let runner = CpuLstmRunner::new(&table, &w, &out_w, &out_b)?;
-        let mut scratch = RunnerScratch::default();
-        let ids = ids.to_vec2::<u32>()?;
-        for (row, exp_row) in ids.iter().zip(expected.to_vec2::<f32>()?) {
-            let mut logits = vec![0.0; 5];
-            runner.logits(row, &mut scratch, &mut logits);
-            for (a, e) in logits.iter().zip(&exp_row) {
-                assert!((a - e).abs() < 1e-5, "{a} vs {e}");
-            }
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn out_of_range_ids_are_an_error_not_a_crash() -> Result<()> {
-        let (_, table, w) = setup(1, 1, 4, 2, 1)?;
-        let ids = Tensor::new(&[[0u32, 9]], &Device::Cpu)?;
-        let err = lstm_last_hidden(&ids, &table, &w, false)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("out of range"), "{err}");
-        Ok(())
-    }
-}
+mod tests;
 
 /// The book's generation loop — for every drawn character, run the LSTM from zero state
 /// over the last `maxlen` characters — computed as a wavefront.
@@ -806,7 +622,7 @@ impl<'b> Rows<'b> {
         // SAFETY: hs is m × H (row stride H) and gates m × 4H (row stride 4H), separate
         // buffers; W_hhᵀ is H × 4H as packed.
         unsafe {
-            smallgemm::gemm_packed(
+            small::gemm_packed(
                 m,
                 self.gates.as_mut_ptr(),
                 g,
@@ -829,47 +645,4 @@ impl<'b> Rows<'b> {
 }
 
 #[cfg(test)]
-mod wavefront_tests {
-    use super::*;
-
-    #[test]
-    fn wavefront_logits_equal_the_sliding_window_loop() -> Result<()> {
-        let (v, h, maxlen) = (7usize, 6usize, 5usize);
-        let dev = Device::Cpu;
-        let table = Tensor::arange(0f32, (v * 4 * h) as f32, &dev)?
-            .reshape((v, 4 * h))?
-            .sin()?;
-        let w_hh = (Tensor::arange(0f32, (4 * h * h) as f32, &dev)?
-            .reshape((4 * h, h))?
-            .cos()?
-            * 0.5)?;
-        let out_w = Tensor::arange(0f32, (v * h) as f32, &dev)?
-            .reshape((v, h))?
-            .sin()?;
-        let out_b = Tensor::zeros(v, DType::F32, &dev)?;
-        let runner = CpuLstmRunner::new(&table, &w_hh, &out_w, &out_b)?;
-        let mut scratch = RunnerScratch::default();
-        for seed_len in [1usize, 3, 5, 9] {
-            let mut text: Vec<u32> = (0..seed_len as u32)
-                .map(|i| (i * 3 + 1) % v as u32)
-                .collect();
-            let mut wf = Wavefront::new(&runner, maxlen, &text)?;
-            for step in 0..12 {
-                let window = &text[text.len().saturating_sub(maxlen)..];
-                let (mut a, mut b) = (vec![0.0; v], vec![0.0; v]);
-                runner.logits(window, &mut scratch, &mut a);
-                wf.logits(&mut b);
-                for (x, y) in a.iter().zip(&b) {
-                    assert!(
-                        (x - y).abs() < 1e-5,
-                        "seed {seed_len}, step {step}: {a:?} vs {b:?}"
-                    );
-                }
-                let next = (step * 5 + seed_len) as u32 % v as u32;
-                text.push(next);
-                wf.push(next);
-            }
-        }
-        Ok(())
-    }
-}
+mod wavefront_tests;

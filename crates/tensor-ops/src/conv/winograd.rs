@@ -20,10 +20,9 @@
 use std::borrow::Borrow;
 use std::mem::MaybeUninit;
 
-use super::{
-    Gemm, Geom, KC, Lhs, NR, Packed, Rhs, gemm_panel, scratch, to_channels_last, transpose_raw,
-};
-
+use super::geom::{Geom, to_channels_last};
+use crate::buffers::scratch;
+use crate::gemm::{Gemm, KC, Lhs, NR, Packed, Rhs, gemm_panel, transpose, transpose_raw};
 use crate::par::SendPtr;
 
 /// Side of a transformed tile.
@@ -433,7 +432,7 @@ pub(super) fn transform_kernel(g: &Geom, w: &[f32]) -> Packed {
     let mut u = Packed {
         k,
         n: cout,
-        data: crate::pool::take(k * cout),
+        data: crate::buffers::take(k * cout),
     };
     let p = SendPtr(u.data.as_mut_ptr());
     // Element (row, co) of the packed matrix: panel co / NR, whose rows are its width
@@ -586,7 +585,7 @@ pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         shares,
         |s| {
             // Written whole by the share's first block (`acc: false`), added to after.
-            let mut prod = crate::pool::take(XI * cout * cin);
+            let mut prod = crate::buffers::take(XI * cout * cin);
             let mut v = scratch(XI * WGRAD_TILES * cin);
             let mut gt = scratch(XI * WGRAD_TILES * cout);
             let mut gtt = scratch(XI * WGRAD_TILES * cout);
@@ -598,7 +597,7 @@ pub(super) fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 for xi in 0..XI {
                     let src = &gt[xi * nt * cout..][..nt * cout];
                     let dst = &mut gtt[xi * nt * cout..][..nt * cout];
-                    super::transpose(src, nt, cout, dst);
+                    transpose(src, nt, cout, dst);
                     let vx = &v[xi * nt * cin..][..nt * cin];
                     for j0 in (0..cin).step_by(NR) {
                         let n = NR.min(cin - j0);

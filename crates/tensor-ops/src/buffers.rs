@@ -13,6 +13,9 @@
 //! reading it. Under `cfg(test)` [`take`] fills buffers with NaN, so that a kernel which
 //! reads an element it did not write fails its tests instead of silently depending on
 //! what the previous user left there.
+//!
+//! The convolutions' work items, many and small, take their buffers from [`scratch`]
+//! instead: a few kept by each thread, without the pool's lock.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
@@ -136,6 +139,64 @@ fn give_back(v: Vec<f32>) {
     };
     // Freed outside the lock.
     drop(evicted);
+}
+
+/// A buffer of a work item, kept by its thread for the next item: the items of one call
+/// are many and small (a 28×28 layer has over a hundred), and taking them from the
+/// shared pool ([`take`]) made its lock a measurable cost. Contents are unspecified, as
+/// with [`take`] (NaN under `cfg(test)`).
+///
+/// The buffer keeps the longest length it was ever given and derefs to the first `len`
+/// floats: sizing it down and up again by `Vec::resize` zero-filled the regrown part
+/// every time (the calls of one step ask for different sizes in turn), ~4% of a VAE step.
+pub(crate) struct Scratch {
+    buf: Vec<f32>,
+    len: usize,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+pub(crate) fn scratch(len: usize) -> Scratch {
+    let mut buf = SCRATCH
+        .with(|s| {
+            // The smallest kept buffer that is long enough, else the longest.
+            let mut s = s.borrow_mut();
+            let i = (0..s.len())
+                .filter(|&i| s[i].len() >= len)
+                .min_by_key(|&i| s[i].len())
+                .or_else(|| (0..s.len()).max_by_key(|&i| s[i].len()))?;
+            Some(s.swap_remove(i))
+        })
+        .unwrap_or_default();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    if cfg!(test) {
+        buf[..len].fill(f32::NAN);
+    }
+    Scratch { buf, len }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        SCRATCH.with(|s| s.borrow_mut().push(buf));
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[..self.len]
+    }
 }
 
 #[cfg(test)]
