@@ -4,6 +4,8 @@
 //!   or fused with a (leaky) ReLU.
 //! - [`conv`]: 2-D convolution and transposed convolution (CPU kernels with their own
 //!   backward, which skips gradients nothing asks for; candle's ops on other devices).
+//!   Frozen kernels' packed forms are cached across calls: [`packed_cache_bytes`] reports
+//!   the memory held, [`clear_packed_cache`] frees it.
 //! - [`linear`]: a dense layer `act(x · wᵀ + b)` whose weight and bias gradients come out
 //!   in place (candle's composition copies the transposed weight gradient).
 //! - [`lstm`]: a fused LSTM over a whole sequence (CPU kernel with its own backward,
@@ -36,8 +38,9 @@ pub mod sampling;
 
 pub use bias::add_channel_bias_relu;
 pub use conv::{
-    Conv2dParams, ConvTranspose2dParams, conv_transpose2d, conv_transpose2d_bias_relu,
-    conv_transpose2d_candle, conv2d, conv2d_bias_relu, conv2d_candle,
+    Conv2dParams, ConvTranspose2dParams, clear_packed_cache, conv_transpose2d,
+    conv_transpose2d_bias_relu, conv_transpose2d_candle, conv2d, conv2d_bias_relu, conv2d_candle,
+    packed_cache_bytes,
 };
 pub use linear::{linear, linear_relu};
 pub use lstm::{

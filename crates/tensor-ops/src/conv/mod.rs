@@ -42,7 +42,8 @@
 //! track one ([`Tensor::track_op`]) is skipped, so a frozen network backpropagates to its
 //! input only, and a first layer computes no gradient for the data. A frozen kernel's
 //! packed forms (for the channels-last forward and its flipped data gradient) are
-//! cached across calls, keyed by the tensor's id (bounded, least recently used first).
+//! cached across calls, keyed by the tensor's id (bounded, least recently used first;
+//! [`packed_cache_bytes`] reports their memory, [`clear_packed_cache`] frees it).
 //!
 //! On other devices and dtypes the functions fall back to candle's own ops.
 //!
@@ -67,6 +68,8 @@ mod packed_cache;
 #[cfg(test)]
 mod tests;
 mod winograd;
+
+pub use packed_cache::{clear_packed_cache, packed_cache_bytes};
 
 /// Stride and zero padding of [`conv2d`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

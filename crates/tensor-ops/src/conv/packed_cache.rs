@@ -138,6 +138,15 @@ impl PackedCache {
             total -= v.remove(0).bytes();
         }
     }
+
+    fn bytes(&self) -> usize {
+        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter().map(PackedEntry::bytes).sum()
+    }
+
+    fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 /// The packed kernel of `g` with `rows` rows (the channels-last product's form or
@@ -161,4 +170,21 @@ pub(super) fn packed_weights(
         PACKED.put(g, &k, p.clone());
     }
     p
+}
+
+/// Bytes of packed frozen kernels the convolutions keep between calls (at most
+/// [`PACKED_MAX_BYTES`], 256 MiB), for a caller that accounts for the process's memory:
+/// a frozen VGG19 to `block5_conv2` keeps ~160 MB here.
+pub fn packed_cache_bytes() -> usize {
+    PACKED.bytes()
+}
+
+/// Drops every cached packed kernel and forgets the kernels packed once, as when a frozen
+/// network is unloaded: its tensors' ids never come back, so their entries would otherwise
+/// stay until newer kernels evict them. Later calls pack and cache anew; results do not
+/// change. The buffers go back to the recycled-buffer pool (bounded by its own limit), not
+/// necessarily to the system; one that a running call still holds goes when it is done.
+pub fn clear_packed_cache() {
+    PACKED.clear();
+    SEEN_ONCE.lock().unwrap_or_else(|e| e.into_inner()).clear();
 }
