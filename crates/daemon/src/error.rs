@@ -21,11 +21,15 @@ pub enum ServiceError {
     /// A model that does not fit the device's memory budget.
     #[error("{0}")]
     OverBudget(String),
+    /// An answer that already is a status (relayed from the device worker).
+    #[error("{}", .0.message())]
+    Status(Status),
 }
 
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Status {
         let code = match &e {
+            ServiceError::Status(s) => return s.clone(),
             ServiceError::Trainer(t) => match t {
                 TrainerError::InvalidArgument(_) => Code::InvalidArgument,
                 TrainerError::NotFound(_) => Code::NotFound,

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-struct Entry<T> {
+struct Entry<T: ?Sized> {
     /// (uid, revision) of the model the value was loaded from.
     key: (u64, u64),
     value: Arc<T>,
@@ -21,15 +21,37 @@ pub struct Snapshot {
     pub budget: u64,
 }
 
-pub struct Residency<T> {
+/// Memory the device holds for its models outside the entries (the CPU kernels' cache of
+/// packed frozen weights), counted against the same budget: how many bytes it holds, and
+/// how to free it when models are unloaded (what it caches may belong to them).
+#[derive(Clone, Copy)]
+pub struct Derived {
+    pub bytes: fn() -> u64,
+    pub release: fn(),
+}
+
+impl Derived {
+    /// Nothing outside the entries.
+    pub const NONE: Self = Self {
+        bytes: || 0,
+        release: || {},
+    };
+}
+
+pub struct Residency<T: ?Sized> {
     entries: HashMap<String, Entry<T>>,
     budget: u64,
     clock: u64,
+    derived: Derived,
     snapshot: Arc<Mutex<Snapshot>>,
 }
 
-impl<T> Residency<T> {
+impl<T: ?Sized> Residency<T> {
     pub fn new(budget: u64) -> Self {
+        Self::with_derived(budget, Derived::NONE)
+    }
+
+    pub fn with_derived(budget: u64, derived: Derived) -> Self {
         let snapshot = Arc::new(Mutex::new(Snapshot {
             budget,
             ..Default::default()
@@ -38,6 +60,7 @@ impl<T> Residency<T> {
             entries: HashMap::new(),
             budget,
             clock: 0,
+            derived,
             snapshot,
         }
     }
@@ -46,7 +69,9 @@ impl<T> Residency<T> {
         self.snapshot.clone()
     }
 
-    fn publish(&self) {
+    /// Updates the async side's snapshot (also after work that may have grown the
+    /// derived memory).
+    pub fn publish(&self) {
         let mut models: Vec<String> = self.entries.keys().cloned().collect();
         models.sort();
         *self.snapshot.lock().expect("residency snapshot poisoned") = Snapshot {
@@ -56,8 +81,9 @@ impl<T> Residency<T> {
         };
     }
 
+    /// The entries' bytes and the derived memory's.
     pub fn bytes(&self) -> u64 {
-        self.entries.values().map(|e| e.bytes).sum()
+        self.entries.values().map(|e| e.bytes).sum::<u64>() + (self.derived.bytes)()
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -97,6 +123,7 @@ impl<T> Residency<T> {
                 .map(|(n, _)| n.clone());
             let Some(oldest) = oldest else { break };
             self.entries.remove(&oldest);
+            (self.derived.release)();
             evicted.push(oldest);
         }
         self.clock += 1;
@@ -115,6 +142,9 @@ impl<T> Residency<T> {
 
     pub fn remove(&mut self, name: &str) -> bool {
         let was = self.entries.remove(name).is_some();
+        if was {
+            (self.derived.release)();
+        }
         self.publish();
         was
     }
@@ -162,6 +192,29 @@ mod tests {
         r.insert("a", (1, 1), Arc::new(()), 10).unwrap();
         assert!(r.remove("a"));
         assert!(!r.remove("a"));
+        assert_eq!(r.bytes(), 0);
+    }
+
+    static CACHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    #[test]
+    fn derived_memory_counts_against_the_budget_and_is_freed_with_models() {
+        use std::sync::atomic::Ordering;
+        let derived = Derived {
+            bytes: || CACHED.load(Ordering::SeqCst),
+            release: || CACHED.store(0, Ordering::SeqCst),
+        };
+        let mut r = Residency::with_derived(100, derived);
+        r.insert("a", (1, 1), Arc::new(()), 40).unwrap();
+        CACHED.store(30, Ordering::SeqCst); // the network's kernels got packed
+        assert_eq!(r.bytes(), 70);
+        // 70 + 40 > 100: "a" goes, and with it the cache that may hold its kernels.
+        let evicted = r.insert("b", (2, 1), Arc::new(()), 40).unwrap();
+        assert_eq!(evicted, vec!["a".to_string()]);
+        assert_eq!(r.bytes(), 40);
+        assert_eq!(r.snapshot_handle().lock().unwrap().bytes, 40);
+        CACHED.store(25, Ordering::SeqCst);
+        assert!(r.remove("b"));
         assert_eq!(r.bytes(), 0);
     }
 }

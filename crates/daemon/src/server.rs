@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::config::{DaemonConfig, Secret};
 use crate::jobs::JobManager;
 use crate::metrics::{Gauges, Metrics};
-use crate::service::OneiroService;
+use crate::rpc::OneiroService;
 use crate::worker;
 use tonic::codegen::http;
 

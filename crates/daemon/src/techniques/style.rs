@@ -9,9 +9,14 @@ use oneiro_trainer::style::{
     LossParts, STYLE_LAYERS, StyleOptions, pixels_from_rgb01, pixels_to_rgb01, target_size,
 };
 
+use oneiro_trainer::style::{StyleEvent, Stylizer};
+use tracing::info_span;
+
+use super::backbone;
 use crate::config::DaemonConfig;
-use crate::dream_ops::{decode_image, resolve_weights};
 use crate::error::ServiceError;
+use crate::sources::{decode_image, resolve_weights};
+use crate::worker::{Command, DeviceContext, Reply, stream_outcome, streaming_sender};
 
 /// A style transfer ready for the device: both pictures as pixel planes at the generated
 /// image's size.
@@ -113,4 +118,77 @@ pub fn png(p: &Planes) -> Result<pb::Image, ServiceError> {
         width: p.width as u32,
         height: p.height as u32,
     })
+}
+
+impl StylePlan {
+    /// The command that runs the transfer on the device, streaming to `events`.
+    pub fn command(self, events: Reply<pb::StyleEvent>) -> Command {
+        let span = info_span!(
+            "style",
+            height = self.content.height,
+            width = self.content.width,
+            weights = %self.weights.origin
+        );
+        let uses = super::backbone_key(&self.weights);
+        let e = events.clone();
+        Command::new("style transfer", span, Some(uses), events, move |ctx| {
+            self.run(ctx, &e)
+        })
+    }
+
+    fn run(
+        &self,
+        ctx: &mut DeviceContext,
+        events: &Reply<pb::StyleEvent>,
+    ) -> Result<(), ServiceError> {
+        use pb::style_event::Event;
+        let net = backbone::<oneiro_models::Vgg19>(ctx, &self.weights)?;
+        let o = &self.options;
+        let stylizer = Stylizer::new(
+            &net,
+            self.weights.preprocessing,
+            &self.content,
+            &self.style,
+            o,
+            &ctx.device,
+        )?;
+        let send = streaming_sender(events, |e| pb::StyleEvent { event: Some(e) });
+        let initial = stylizer.loss_of(&self.content)?;
+        send(Event::Start(pb::StyleStart {
+            weights: self.weights.describe(),
+            pretrained: self.weights.weights.is_pretrained(),
+            preprocessing: self.weights.preprocessing.describe().into(),
+            width: self.content.width as u32,
+            height: self.content.height as u32,
+            content_weight: o.content_weight,
+            style_weight: o.style_weight,
+            total_variation_weight: o.total_variation_weight,
+            initial_loss: Some(loss(&initial)),
+            loss_weights: self.preset.clone(),
+        }))?;
+        let stopping = ctx.stopping.clone();
+        let result = stylizer.run(&self.content, &mut |e| {
+            if stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(oneiro_trainer::Error::Cancelled(
+                    "the daemon is shutting down".into(),
+                ));
+            }
+            let StyleEvent::Round {
+                round,
+                loss: parts,
+                iterations,
+                evaluations,
+                image,
+            } = e;
+            let image = png(image).map_err(|e| oneiro_trainer::Error::invalid(e.to_string()))?;
+            send(Event::Round(pb::StyleRound {
+                round: round as u32,
+                loss: Some(loss(&parts)),
+                iterations: iterations as u32,
+                evaluations: evaluations as u32,
+                image: Some(image),
+            }))
+        });
+        stream_outcome(result.map(|_| ()), events)
+    }
 }

@@ -1,0 +1,420 @@
+//! The convolutional VAE (SPEC §4): training on MNIST-like digits, and the latent-space
+//! requests (grid, decode, encode, concept vectors, morphs) on the resident model.
+
+use std::sync::Arc;
+
+use candle_core::Device;
+use oneiro_models::VaeConfig;
+use oneiro_models::vae::SIDE;
+use oneiro_proto::v1 as pb;
+use oneiro_trainer::events::EventSink;
+use oneiro_trainer::imageio;
+use oneiro_trainer::mnist::{Mnist, MnistSource};
+use oneiro_trainer::store::ModelKind;
+use oneiro_trainer::vae_infer::{MAX_POINTS, VaeRunner};
+use oneiro_trainer::vae_train::{VaeTrainOptions, train_vae};
+use oneiro_trainer::{ModelRecord, ModelStore};
+use tracing::info_span;
+
+use super::{ResolvedData, TrainKind, ensure_kind_model, resident};
+use crate::config::DaemonConfig;
+use crate::error::ServiceError;
+use crate::jobs::{Job, JobData, TrainPlan};
+use crate::sources;
+use crate::worker::{DeviceContext, Loaded, WorkerHandle};
+
+pub struct Vae;
+
+impl TrainKind for Vae {
+    const KIND: ModelKind = ModelKind::Vae;
+    type Options = VaeTrainOptions;
+    type Data = Mnist;
+    type Source = Option<MnistSource>;
+
+    fn options(p: Option<&pb::TrainOptions>) -> Result<VaeTrainOptions, ServiceError> {
+        let options = vae_train_options(p);
+        options.validate()?;
+        Ok(options)
+    }
+
+    fn data(
+        req: &pb::TrainRequest,
+        _: &VaeTrainOptions,
+        config: &DaemonConfig,
+    ) -> Result<ResolvedData<Mnist, Option<MnistSource>>, ServiceError> {
+        let source = match &req.data {
+            Some(pb::train_request::Data::Digits(d)) => d.source.clone(),
+            _ => None,
+        };
+        let (source, digits) = sources::resolve_digits(source, config)?;
+        let digits = Arc::new(digits);
+        Ok(ResolvedData {
+            kept: match source {
+                None => JobData::Digits(digits.clone()),
+                Some(_) => JobData::InPlan,
+            },
+            data: digits,
+            source,
+        })
+    }
+
+    fn ensure_model(
+        store: &ModelStore,
+        req: &pb::TrainRequest,
+        _: &VaeTrainOptions,
+        _: &Mnist,
+    ) -> Result<ModelRecord, ServiceError> {
+        let requested = match &req.create_config {
+            Some(pb::train_request::CreateConfig::Vae(c)) => Some(c),
+            _ => None,
+        };
+        ensure_kind_model(
+            store,
+            req,
+            ModelRecord::vae_config,
+            |existing| requested.map(|p| vae_config(Some(p), existing)),
+            || {
+                Ok(ModelRecord::new_vae(
+                    &req.model,
+                    vae_config(requested, &Default::default()),
+                ))
+            },
+            |_| Ok(()),
+        )
+    }
+
+    fn plan(
+        options: VaeTrainOptions,
+        source: Option<MnistSource>,
+        record: &ModelRecord,
+    ) -> (TrainPlan, u32) {
+        let target = record.epochs_trained + options.epochs;
+        (
+            TrainPlan::Vae {
+                vae: options,
+                data: source,
+            },
+            target,
+        )
+    }
+
+    fn reload(job: &Job) -> oneiro_trainer::Result<Arc<Mnist>> {
+        match job.plan() {
+            TrainPlan::Vae {
+                data: Some(source), ..
+            } => source.load().map(Arc::new),
+            _ => oneiro_trainer::mnist::load_dir(&job.data_dir()).map(Arc::new),
+        }
+    }
+
+    fn train(
+        ctx: &mut DeviceContext,
+        job: &Job,
+        plan: &TrainPlan,
+        digits: &Mnist,
+        sink: &mut dyn EventSink,
+    ) -> oneiro_trainer::Result<ModelRecord> {
+        let TrainPlan::Vae { vae, .. } = plan else {
+            unreachable!("dispatched by plan")
+        };
+        train_vae(&ctx.store, &job.model, digits, vae, &ctx.device, sink)
+    }
+}
+
+pub fn vae_config(p: Option<&pb::VaeConfig>, base: &VaeConfig) -> VaeConfig {
+    let Some(p) = p else { return base.clone() };
+    VaeConfig {
+        latent_dim: if p.latent_dim == 0 {
+            base.latent_dim
+        } else {
+            p.latent_dim as usize
+        },
+        kl_weight: p.kl_weight.map_or(base.kl_weight, f64::from),
+    }
+}
+
+pub fn vae_to_proto(c: &VaeConfig) -> pb::VaeConfig {
+    pb::VaeConfig {
+        latent_dim: c.latent_dim as u32,
+        kl_weight: Some(c.kl_weight as f32),
+    }
+}
+
+pub fn vae_train_options(p: Option<&pb::TrainOptions>) -> VaeTrainOptions {
+    let d = VaeTrainOptions::default();
+    let Some(p) = p else { return d };
+    let or = |v: u32, d: usize| if v == 0 { d } else { v as usize };
+    VaeTrainOptions {
+        epochs: if p.epochs == 0 { d.epochs } else { p.epochs },
+        batch_size: or(p.batch_size, d.batch_size),
+        learning_rate: p.learning_rate.map(f64::from),
+        seed: p.seed,
+        max_train_images: p.max_train_images as usize,
+        max_validation_images: p.max_validation_images as usize,
+        grid_size: if p.no_samples {
+            0
+        } else {
+            or(p.grid_size, d.grid_size)
+        },
+        checkpoint_every_steps: p.checkpoint_every_steps,
+        divergence_factor: if p.divergence_factor == 0.0 {
+            d.divergence_factor
+        } else {
+            p.divergence_factor.max(0.0)
+        },
+    }
+}
+
+/// A trained VAE, ready for latent-space requests.
+pub fn load(
+    store: &ModelStore,
+    record: &ModelRecord,
+    device: &Device,
+) -> Result<Loaded, ServiceError> {
+    let v = VaeRunner::load(store, record, device)?;
+    let bytes = v.resident_bytes();
+    Ok(Loaded::new(v, bytes))
+}
+
+/// Runs `op` on the resident VAE `model`.
+pub async fn call(
+    worker: &WorkerHandle,
+    model: String,
+    op: VaeOp,
+) -> Result<VaeReply, ServiceError> {
+    let span = info_span!("vae", model = %model);
+    worker
+        .call("VAE request", span, Some(model.clone()), move |ctx| {
+            let (runner, _) = resident::<VaeRunner>(ctx, &model, ModelKind::Vae)?;
+            run(&runner, op)
+        })
+        .await
+}
+
+/// What a VAE request asks of the resident model. Images arrive decoded to 28×28 grey.
+pub enum VaeOp {
+    Grid {
+        size: usize,
+    },
+    Decode {
+        points: Vec<Vec<f32>>,
+    },
+    Encode {
+        images: Vec<Vec<f32>>,
+    },
+    Concept {
+        from: u32,
+        to: u32,
+        vector: Option<Vec<f32>>,
+        amount: f32,
+        image: Option<Vec<f32>>,
+    },
+    Morph {
+        from: Vec<f32>,
+        to: Vec<f32>,
+        frames: usize,
+        gif_frame_ms: Option<u32>,
+    },
+}
+
+pub enum VaeReply {
+    Grid(pb::Image),
+    Decode(pb::VaeDecodeResponse),
+    Encode(pb::VaeEncodeResponse),
+    Concept(pb::VaeConceptResponse),
+    Morph(pb::VaeMorphResponse),
+}
+
+const DEFAULT_GRID: u32 = 15;
+const DEFAULT_FRAMES: u32 = 16;
+const DEFAULT_FRAME_MS: u32 = 100;
+
+fn invalid(msg: String) -> ServiceError {
+    ServiceError::InvalidArgument(msg)
+}
+
+/// An uploaded image as the VAE reads it: 28×28 grey levels in [0, 1].
+pub fn digit_from_bytes(bytes: &[u8], what: &str) -> Result<Vec<f32>, ServiceError> {
+    if bytes.is_empty() {
+        return Err(invalid(format!("{what} is empty")));
+    }
+    let img = imageio::decode(bytes, what)?;
+    Ok(imageio::to_grey_square(&img, SIDE as u32))
+}
+
+pub fn op_from_grid(req: &pb::VaeGridRequest) -> Result<VaeOp, ServiceError> {
+    let size = if req.size == 0 {
+        DEFAULT_GRID
+    } else {
+        req.size
+    };
+    if size > 64 {
+        return Err(invalid(format!("grid size must be 1 to 64, got {size}")));
+    }
+    Ok(VaeOp::Grid {
+        size: size as usize,
+    })
+}
+
+pub fn op_from_decode(req: &pb::VaeDecodeRequest) -> Result<VaeOp, ServiceError> {
+    if req.points.is_empty() || req.points.len() > MAX_POINTS {
+        return Err(invalid(format!(
+            "give 1 to {MAX_POINTS} latent points, not {}",
+            req.points.len()
+        )));
+    }
+    Ok(VaeOp::Decode {
+        points: req.points.iter().map(|p| p.values.clone()).collect(),
+    })
+}
+
+pub fn op_from_encode(req: &pb::VaeEncodeRequest) -> Result<VaeOp, ServiceError> {
+    if req.images.is_empty() || req.images.len() > MAX_POINTS {
+        return Err(invalid(format!(
+            "give 1 to {MAX_POINTS} images, not {}",
+            req.images.len()
+        )));
+    }
+    let images = req
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, b)| digit_from_bytes(b, &format!("image {i}")))
+        .collect::<Result<_, _>>()?;
+    Ok(VaeOp::Encode { images })
+}
+
+pub fn op_from_concept(req: &pb::VaeConceptRequest) -> Result<VaeOp, ServiceError> {
+    let amount = req.amount.unwrap_or(1.0);
+    if !amount.is_finite() {
+        return Err(invalid(format!("amount must be finite, got {amount}")));
+    }
+    let vector = req.vector.as_ref().map(|v| v.values.clone());
+    if vector.is_none() && req.from_class == req.to_class {
+        return Err(invalid(format!(
+            "from and to are the same class ({}): the concept vector would be zero",
+            req.from_class
+        )));
+    }
+    let image = if req.image.is_empty() {
+        None
+    } else {
+        Some(digit_from_bytes(&req.image, "the image")?)
+    };
+    Ok(VaeOp::Concept {
+        from: req.from_class,
+        to: req.to_class,
+        vector,
+        amount,
+        image,
+    })
+}
+
+pub fn op_from_morph(req: &pb::VaeMorphRequest) -> Result<VaeOp, ServiceError> {
+    let frames = if req.frames == 0 {
+        DEFAULT_FRAMES
+    } else {
+        req.frames
+    };
+    if !(2..=256).contains(&frames) {
+        return Err(invalid(format!("frames must be 2 to 256, got {frames}")));
+    }
+    let ms = if req.frame_ms == 0 {
+        DEFAULT_FRAME_MS
+    } else {
+        req.frame_ms
+    };
+    Ok(VaeOp::Morph {
+        from: digit_from_bytes(&req.from_image, "the first image")?,
+        to: digit_from_bytes(&req.to_image, "the second image")?,
+        frames: frames as usize,
+        gif_frame_ms: req.gif.then_some(ms),
+    })
+}
+
+/// The digits a VAE training asks for, loaded (so that bad data fails the request, not
+/// the job), and the source a resumed job reloads them from (`None`: they came inline and
+fn png(pixels: &[f32], side: usize) -> Result<pb::Image, ServiceError> {
+    Ok(pb::Image {
+        png: imageio::encode_png(pixels, side as u32, side as u32, 1)?,
+        width: side as u32,
+        height: side as u32,
+    })
+}
+
+fn code((mean, log_var): (Vec<f32>, Vec<f32>)) -> pb::LatentCode {
+    pb::LatentCode { mean, log_var }
+}
+
+/// Answers `op` with the resident model.
+pub fn run(runner: &VaeRunner, op: VaeOp) -> Result<VaeReply, ServiceError> {
+    Ok(match op {
+        VaeOp::Grid { size } => VaeReply::Grid(png(&runner.grid(size)?, size * SIDE)?),
+        VaeOp::Decode { points } => VaeReply::Decode(pb::VaeDecodeResponse {
+            images: runner
+                .decode(&points)?
+                .iter()
+                .map(|p| png(p, SIDE))
+                .collect::<Result<_, _>>()?,
+        }),
+        VaeOp::Encode { images } => VaeReply::Encode(pb::VaeEncodeResponse {
+            codes: runner.encode(&images)?.into_iter().map(code).collect(),
+        }),
+        VaeOp::Concept {
+            from,
+            to,
+            vector,
+            amount,
+            image,
+        } => {
+            let vector = match vector {
+                Some(v) => v,
+                None => runner.concept_vector(from, to)?,
+            };
+            let (image, code_before) = match image {
+                Some(img) => {
+                    let before = runner.encode(std::slice::from_ref(&img))?.remove(0);
+                    let edited = runner.move_code(&before.0, &vector, amount)?;
+                    (Some(png(&edited, SIDE)?), Some(code(before)))
+                }
+                None => (None, None),
+            };
+            VaeReply::Concept(pb::VaeConceptResponse {
+                vector: Some(pb::LatentPoint { values: vector }),
+                image,
+                code: code_before,
+            })
+        }
+        VaeOp::Morph {
+            from,
+            to,
+            frames,
+            gif_frame_ms,
+        } => {
+            let images = runner.morph(&from, &to, frames)?;
+            let gif = match gif_frame_ms {
+                Some(ms) => imageio::encode_gif(&images, SIDE as u32, SIDE as u32, 1, ms)?,
+                None => vec![],
+            };
+            VaeReply::Morph(pb::VaeMorphResponse {
+                frames: images
+                    .iter()
+                    .map(|p| png(p, SIDE))
+                    .collect::<Result<_, _>>()?,
+                gif,
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_train_options_are_the_books() {
+        let v = vae_train_options(Some(&pb::TrainOptions::default()));
+        assert_eq!(v, VaeTrainOptions::default());
+        assert_eq!((v.epochs, v.batch_size, v.grid_size), (10, 16, 15));
+    }
+}
