@@ -8,12 +8,13 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Result, Tensor, Var, bail};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use oneiro_tensor_ops::{CpuLstmRunner, lstm_last_hidden};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::init;
+use crate::params::{self, Layer};
 
 /// Hyper-parameters, with the book's defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,20 +73,52 @@ pub const WEIGHT_KEYS: [&str; 6] = [
 pub struct CharLstm {
     vocab: usize,
     hidden: usize,
-    /// In the order of [`WEIGHT_KEYS`].
-    params: Vec<Var>,
+    lstm: Lstm,
+    dense: Layer,
+}
+
+/// PyTorch's `nn.LSTM` weights for one layer, named as it names them.
+struct Lstm {
+    weight_ih_l0: Var,
+    weight_hh_l0: Var,
+    bias_ih_l0: Var,
+    bias_hh_l0: Var,
 }
 
 impl CharLstm {
-    fn expected_shapes(vocab: usize, hidden: usize) -> [Vec<usize>; 6] {
+    /// Every variable, asking `source` for each in the order of [`WEIGHT_KEYS`].
+    fn build(
+        vocab: usize,
+        hidden: usize,
+        mut source: impl FnMut(&str, &[usize]) -> Result<Var>,
+    ) -> Result<Self> {
         let g = 4 * hidden;
+        let s = &mut source;
+        let lstm = Lstm {
+            weight_ih_l0: s(WEIGHT_KEYS[0], &[g, vocab])?,
+            weight_hh_l0: s(WEIGHT_KEYS[1], &[g, hidden])?,
+            bias_ih_l0: s(WEIGHT_KEYS[2], &[g])?,
+            bias_hh_l0: s(WEIGHT_KEYS[3], &[g])?,
+        };
+        Ok(Self {
+            vocab,
+            hidden,
+            lstm,
+            dense: Layer::new("dense", &[vocab, hidden], vocab, s)?,
+        })
+    }
+
+    /// In the order of [`WEIGHT_KEYS`].
+    fn named(&self) -> [(String, &Var); 6] {
+        let l = &self.lstm;
+        let [dense_w, dense_b] = self.dense.named();
         [
-            vec![g, vocab],
-            vec![g, hidden],
-            vec![g],
-            vec![g],
-            vec![vocab, hidden],
-            vec![vocab],
+            (WEIGHT_KEYS[0].to_string(), &l.weight_ih_l0),
+            (WEIGHT_KEYS[1].to_string(), &l.weight_hh_l0),
+            (WEIGHT_KEYS[2].to_string(), &l.bias_ih_l0),
+            (WEIGHT_KEYS[3].to_string(), &l.bias_hh_l0),
+            dense_w,
+            dense_b,
         ]
     }
 
@@ -98,24 +131,19 @@ impl CharLstm {
         dev: &Device,
     ) -> Result<Self> {
         let g = 4 * hidden;
-        let mut forget = vec![0f32; g];
-        forget[hidden..2 * hidden].iter_mut().for_each(|b| *b = 1.0);
-        let tensors = [
-            init::glorot_uniform((g, vocab), vocab, g, rng, dev)?,
-            init::orthogonal((g, hidden), rng, dev)?,
-            Tensor::from_vec(forget, g, dev)?,
-            Tensor::zeros(g, DType::F32, dev)?,
-            init::glorot_uniform((vocab, hidden), hidden, vocab, rng, dev)?,
-            Tensor::zeros(vocab, DType::F32, dev)?,
-        ];
-        let params = tensors
-            .iter()
-            .map(Var::from_tensor)
-            .collect::<Result<_>>()?;
-        Ok(Self {
-            vocab,
-            hidden,
-            params,
+        Self::build(vocab, hidden, |key, shape| {
+            let t = match key {
+                "lstm.weight_ih_l0" => init::glorot_uniform((g, vocab), vocab, g, rng, dev)?,
+                "lstm.weight_hh_l0" => init::orthogonal((g, hidden), rng, dev)?,
+                "lstm.bias_ih_l0" => {
+                    let mut forget = vec![0f32; g];
+                    forget[hidden..2 * hidden].iter_mut().for_each(|b| *b = 1.0);
+                    Tensor::from_vec(forget, g, dev)?
+                }
+                "dense.weight" => init::glorot_uniform((vocab, hidden), hidden, vocab, rng, dev)?,
+                _ => Tensor::zeros(shape, DType::F32, dev)?,
+            };
+            Var::from_tensor(&t)
         })
     }
 
@@ -126,36 +154,17 @@ impl CharLstm {
         hidden: usize,
         dev: &Device,
     ) -> Result<Self> {
-        let shapes = Self::expected_shapes(vocab, hidden);
-        let mut params = Vec::with_capacity(6);
-        for (key, shape) in WEIGHT_KEYS.iter().zip(shapes) {
-            let Some(t) = weights.get(*key) else {
-                bail!("weights lack `{key}`")
-            };
-            if t.dims() != shape.as_slice() {
-                bail!("`{key}` has shape {:?}, expected {shape:?}", t.dims())
-            }
-            params.push(Var::from_tensor(&t.to_device(dev)?.to_dtype(DType::F32)?)?);
-        }
-        Ok(Self {
-            vocab,
-            hidden,
-            params,
-        })
+        Self::build(vocab, hidden, params::saved(weights, dev))
     }
 
     /// Named weights, for saving.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
-        WEIGHT_KEYS
-            .iter()
-            .zip(&self.params)
-            .map(|(k, v)| (k.to_string(), v.as_tensor().clone()))
-            .collect()
+        params::tensors(self.named())
     }
 
     /// The trainable variables, in the order of [`WEIGHT_KEYS`].
     pub fn vars(&self) -> Vec<Var> {
-        self.params.clone()
+        self.named().into_iter().map(|(_, v)| v.clone()).collect()
     }
 
     pub fn vocab(&self) -> usize {
@@ -167,34 +176,36 @@ impl CharLstm {
     }
 
     pub fn parameter_count(&self) -> usize {
-        self.params.iter().map(|p| p.elem_count()).sum()
+        self.named().iter().map(|(_, v)| v.elem_count()).sum()
     }
 
     pub fn device(&self) -> &Device {
-        self.params[0].device()
+        self.lstm.weight_ih_l0.device()
     }
 
     /// Input projection of every character, `(V, 4H)`: `W_ihᵀ + b_ih + b_hh`.
     fn input_table(&self) -> Result<Tensor> {
-        let bias = (self.params[2].as_tensor() + self.params[3].as_tensor())?;
-        self.params[0].t()?.broadcast_add(&bias)
+        let l = &self.lstm;
+        let bias = (l.bias_ih_l0.as_tensor() + l.bias_hh_l0.as_tensor())?;
+        l.weight_ih_l0.t()?.broadcast_add(&bias)
     }
 
     /// Logits `(B, V)` for windows of character ids `(B, T)`. `train` keeps what the
     /// backward pass needs.
     pub fn forward(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
-        let h = lstm_last_hidden(ids, &self.input_table()?, &self.params[1], train)?;
-        h.matmul(&self.params[4].t()?)?
-            .broadcast_add(&self.params[5])
+        let w_hh = &self.lstm.weight_hh_l0;
+        let h = lstm_last_hidden(ids, &self.input_table()?, w_hh, train)?;
+        h.matmul(&self.dense.weight.t()?)?
+            .broadcast_add(&self.dense.bias)
     }
 
     /// A graph-free batch-1 runner for generation on the CPU.
     pub fn cpu_runner(&self) -> Result<CpuLstmRunner> {
         CpuLstmRunner::new(
             &self.input_table()?,
-            &self.params[1],
-            &self.params[4],
-            &self.params[5],
+            &self.lstm.weight_hh_l0,
+            &self.dense.weight,
+            &self.dense.bias,
         )
     }
 }
@@ -240,7 +251,7 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let m = CharLstm::new_random(3, 2, &mut rng, &Device::Cpu)?;
         assert_eq!(
-            m.params[2].to_vec1::<f32>()?,
+            m.lstm.bias_ih_l0.to_vec1::<f32>()?,
             vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
         );
         Ok(())

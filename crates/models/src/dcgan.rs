@@ -21,6 +21,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::init;
+use crate::params::{self, Layer};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GanConfig {
@@ -97,123 +98,131 @@ impl GanConfig {
 /// Side of the images the GAN makes and judges.
 pub const SIDE: usize = 32;
 
-fn generator_layout(c: &GanConfig) -> Vec<(&'static str, Vec<usize>)> {
-    let (s, g) = (c.generator_seed_channels, c.generator_channels);
-    vec![
-        ("generator.dense.weight", vec![s * 16 * 16, c.latent_dim]),
-        ("generator.dense.bias", vec![s * 16 * 16]),
-        ("generator.conv1.weight", vec![g, s, 5, 5]),
-        ("generator.conv1.bias", vec![g]),
-        // conv_transpose2d weights are (in, out, k, k).
-        ("generator.deconv.weight", vec![g, g, 4, 4]),
-        ("generator.deconv.bias", vec![g]),
-        ("generator.conv2.weight", vec![g, g, 5, 5]),
-        ("generator.conv2.bias", vec![g]),
-        ("generator.conv3.weight", vec![g, g, 5, 5]),
-        ("generator.conv3.bias", vec![g]),
-        ("generator.conv_out.weight", vec![3, g, 7, 7]),
-        ("generator.conv_out.bias", vec![3]),
-    ]
+/// Keras' Glorot-uniform kernels and zero biases. For a transposed kernel (kh, kw, out, in)
+/// Keras' fan_in counts the outputs; with equal in/out channels here the two agree anyway.
+fn fresh(key: &str, shape: &[usize], rng: &mut impl Rng, dev: &Device) -> Result<Var> {
+    let t = if key.ends_with(".bias") {
+        Tensor::zeros(shape, DType::F32, dev)?
+    } else {
+        let (fan_in, fan_out) = match shape {
+            [o, i, kh, kw] => (i * kh * kw, o * kh * kw),
+            [o, i] => (*i, *o),
+            _ => (1, 1),
+        };
+        let cols: usize = shape[1..].iter().product();
+        init::glorot_uniform((shape[0], cols), fan_in, fan_out, rng, dev)?.reshape(shape)?
+    };
+    Var::from_tensor(&t)
 }
 
-fn discriminator_layout(c: &GanConfig) -> Vec<(&'static str, Vec<usize>)> {
-    let d = c.discriminator_channels;
-    vec![
-        ("discriminator.conv1.weight", vec![d, 3, 3, 3]),
-        ("discriminator.conv1.bias", vec![d]),
-        ("discriminator.conv2.weight", vec![d, d, 4, 4]),
-        ("discriminator.conv2.bias", vec![d]),
-        ("discriminator.conv3.weight", vec![d, d, 4, 4]),
-        ("discriminator.conv3.bias", vec![d]),
-        ("discriminator.conv4.weight", vec![d, d, 4, 4]),
-        ("discriminator.conv4.bias", vec![d]),
-        ("discriminator.dense.weight", vec![1, d * 2 * 2]),
-        ("discriminator.dense.bias", vec![1]),
-    ]
+/// `v`, or a detached copy of it when `frozen` (no gradient flows into it).
+fn weight(v: &Var, frozen: bool) -> Tensor {
+    if frozen {
+        v.detach()
+    } else {
+        v.as_tensor().clone()
+    }
 }
 
-/// One network's weights, in layout order.
-pub struct Params {
-    keys: Vec<&'static str>,
-    vars: Vec<Var>,
+/// The generator's layers, under their checkpoint keys `generator.{field}.*`.
+pub struct Generator {
+    dense: Layer,
+    conv1: Layer,
+    deconv: Layer,
+    conv2: Layer,
+    conv3: Layer,
+    conv_out: Layer,
 }
 
-impl Params {
-    fn random(
-        layout: Vec<(&'static str, Vec<usize>)>,
-        rng: &mut impl Rng,
-        dev: &Device,
-    ) -> Result<Self> {
-        let mut keys = Vec::new();
-        let mut vars = Vec::new();
-        for (key, shape) in layout {
-            let t = if key.ends_with(".bias") {
-                Tensor::zeros(shape.as_slice(), DType::F32, dev)?
-            } else {
-                // Keras' fans: for a transposed kernel (kh, kw, out, in) fan_in counts the
-                // outputs; with equal in/out channels here the two agree anyway.
-                let (fan_in, fan_out) = match shape.as_slice() {
-                    [o, i, kh, kw] => (i * kh * kw, o * kh * kw),
-                    [o, i] => (*i, *o),
-                    _ => (1, 1),
-                };
-                let cols: usize = shape[1..].iter().product();
-                init::glorot_uniform((shape[0], cols), fan_in, fan_out, rng, dev)?
-                    .reshape(shape.as_slice())?
-            };
-            keys.push(key);
-            vars.push(Var::from_tensor(&t)?);
-        }
-        Ok(Self { keys, vars })
+/// The discriminator's layers, under their checkpoint keys `discriminator.{field}.*`.
+pub struct Discriminator {
+    conv1: Layer,
+    conv2: Layer,
+    conv3: Layer,
+    conv4: Layer,
+    dense: Layer,
+}
+
+impl Generator {
+    fn build(c: &GanConfig, s: &mut impl FnMut(&str, &[usize]) -> Result<Var>) -> Result<Self> {
+        let (seed, g) = (c.generator_seed_channels, c.generator_channels);
+        let dense = seed * 16 * 16;
+        Ok(Self {
+            dense: Layer::new("generator.dense", &[dense, c.latent_dim], dense, s)?,
+            conv1: Layer::new("generator.conv1", &[g, seed, 5, 5], g, s)?,
+            // conv_transpose2d weights are (in, out, k, k).
+            deconv: Layer::new("generator.deconv", &[g, g, 4, 4], g, s)?,
+            conv2: Layer::new("generator.conv2", &[g, g, 5, 5], g, s)?,
+            conv3: Layer::new("generator.conv3", &[g, g, 5, 5], g, s)?,
+            conv_out: Layer::new("generator.conv_out", &[3, g, 7, 7], 3, s)?,
+        })
     }
 
-    fn from_tensors(
-        layout: Vec<(&'static str, Vec<usize>)>,
-        weights: &std::collections::HashMap<String, Tensor>,
-        dev: &Device,
-    ) -> Result<Self> {
-        let mut keys = Vec::new();
-        let mut vars = Vec::new();
-        for (key, shape) in layout {
-            let Some(t) = weights.get(key) else {
-                bail!("weights lack `{key}`")
-            };
-            if t.dims() != shape.as_slice() {
-                bail!("`{key}` has shape {:?}, expected {shape:?}", t.dims())
-            }
-            keys.push(key);
-            vars.push(Var::from_tensor(&t.to_device(dev)?.to_dtype(DType::F32)?)?);
-        }
-        Ok(Self { keys, vars })
+    /// The layers in checkpoint order, which is also the optimizer's order.
+    fn layers(&self) -> [&Layer; 6] {
+        [
+            &self.dense,
+            &self.conv1,
+            &self.deconv,
+            &self.conv2,
+            &self.conv3,
+            &self.conv_out,
+        ]
     }
 
     pub fn vars(&self) -> Vec<Var> {
-        self.vars.clone()
+        params::vars(self.layers())
     }
 
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
-        self.keys
-            .iter()
-            .zip(&self.vars)
-            .map(|(k, v)| (k.to_string(), v.as_tensor().clone()))
-            .collect()
+        params::tensors(self.layers().into_iter().flat_map(Layer::named))
     }
 
     pub fn parameter_count(&self) -> usize {
-        self.vars.iter().map(|v| v.elem_count()).sum()
+        params::count(self.layers())
+    }
+}
+
+impl Discriminator {
+    fn build(c: &GanConfig, s: &mut impl FnMut(&str, &[usize]) -> Result<Var>) -> Result<Self> {
+        let d = c.discriminator_channels;
+        Ok(Self {
+            conv1: Layer::new("discriminator.conv1", &[d, 3, 3, 3], d, s)?,
+            conv2: Layer::new("discriminator.conv2", &[d, d, 4, 4], d, s)?,
+            conv3: Layer::new("discriminator.conv3", &[d, d, 4, 4], d, s)?,
+            conv4: Layer::new("discriminator.conv4", &[d, d, 4, 4], d, s)?,
+            dense: Layer::new("discriminator.dense", &[1, d * 2 * 2], 1, s)?,
+        })
     }
 
-    /// Weight `i`, or a detached copy of it when `frozen` (no gradient flows into it).
-    fn get(&self, i: usize, frozen: bool) -> Tensor {
-        let t = self.vars[i].as_tensor();
-        if frozen { t.detach() } else { t.clone() }
+    /// The layers in checkpoint order, which is also the optimizer's order.
+    fn layers(&self) -> [&Layer; 5] {
+        [
+            &self.conv1,
+            &self.conv2,
+            &self.conv3,
+            &self.conv4,
+            &self.dense,
+        ]
+    }
+
+    pub fn vars(&self) -> Vec<Var> {
+        params::vars(self.layers())
+    }
+
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        params::tensors(self.layers().into_iter().flat_map(Layer::named))
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        params::count(self.layers())
     }
 }
 
 pub struct Dcgan {
     pub config: GanConfig,
-    pub generator: Params,
-    pub discriminator: Params,
+    pub generator: Generator,
+    pub discriminator: Discriminator,
 }
 
 impl Dcgan {
@@ -221,9 +230,10 @@ impl Dcgan {
         if let Err(e) = config.validate() {
             bail!("{e}")
         }
+        let mut source = |key: &str, shape: &[usize]| fresh(key, shape, rng, dev);
         Ok(Self {
-            generator: Params::random(generator_layout(&config), rng, dev)?,
-            discriminator: Params::random(discriminator_layout(&config), rng, dev)?,
+            generator: Generator::build(&config, &mut source)?,
+            discriminator: Discriminator::build(&config, &mut source)?,
             config,
         })
     }
@@ -234,9 +244,10 @@ impl Dcgan {
         weights: &std::collections::HashMap<String, Tensor>,
         dev: &Device,
     ) -> Result<Self> {
+        let mut source = params::saved(weights, dev);
         Ok(Self {
-            generator: Params::from_tensors(generator_layout(&config), weights, dev)?,
-            discriminator: Params::from_tensors(discriminator_layout(&config), weights, dev)?,
+            generator: Generator::build(&config, &mut source)?,
+            discriminator: Discriminator::build(&config, &mut source)?,
             config,
         })
     }
@@ -256,26 +267,24 @@ impl Dcgan {
         let g = &self.generator;
         let s = self.config.leaky_slope;
         let b = z.dim(0)?;
-        let x = linear_relu(z, &g.get(0, false), &g.get(1, false), s as f32)?;
+        let x = linear_relu(z, &g.dense.weight, &g.dense.bias, s as f32)?;
         let x = x.reshape((b, self.config.generator_seed_channels, 16, 16))?;
-        // Conv (weight i, bias i + 1) then the channel bias.
-        let conv = |x: &Tensor, i: usize, p: Conv2dParams| {
-            add_channel_bias(&conv2d(x, &g.get(i, false), p)?, &g.get(i + 1, false))
+        // Conv, channel bias and LeakyReLU as one node.
+        let conv_leaky = |x: &Tensor, l: &Layer, p: Conv2dParams| {
+            conv2d_bias_relu(x, &l.weight, &l.bias, p, s as f32)
         };
-        // The same and LeakyReLU, as one node.
-        let conv_leaky = |x: &Tensor, i: usize, p: Conv2dParams| {
-            conv2d_bias_relu(x, &g.get(i, false), &g.get(i + 1, false), p, s as f32)
-        };
-        let x = conv_leaky(&x, 2, Conv2dParams::same(5))?;
+        let x = conv_leaky(&x, &g.conv1, Conv2dParams::same(5))?;
         let up = ConvTranspose2dParams {
             stride: 2,
             padding: 1,
             output_padding: 0,
         };
-        let x = conv_transpose2d_bias_relu(&x, &g.get(4, false), &g.get(5, false), up, s as f32)?;
-        let x = conv_leaky(&x, 6, Conv2dParams::same(5))?;
-        let x = conv_leaky(&x, 8, Conv2dParams::same(5))?;
-        conv(&x, 10, Conv2dParams::same(7))?.tanh()
+        let x = conv_transpose2d_bias_relu(&x, &g.deconv.weight, &g.deconv.bias, up, s as f32)?;
+        let x = conv_leaky(&x, &g.conv2, Conv2dParams::same(5))?;
+        let x = conv_leaky(&x, &g.conv3, Conv2dParams::same(5))?;
+        let out = &g.conv_out;
+        let x = conv2d(&x, &out.weight, Conv2dParams::same(7))?;
+        add_channel_bias(&x, &out.bias)?.tanh()
     }
 
     /// Discriminator logits (B, 1) for images (B, 3, 32, 32). `dropout`: a training pass
@@ -299,12 +308,13 @@ impl Dcgan {
         let s = self.config.leaky_slope;
         let valid = Conv2dParams::new(1, 0);
         let strided = Conv2dParams::new(2, 0);
-        let conv_leaky = |x: &Tensor, i: usize, p: Conv2dParams| {
-            conv2d_bias_relu(x, &d.get(i, frozen), &d.get(i + 1, frozen), p, s as f32)
+        let conv_leaky = |x: &Tensor, l: &Layer, p: Conv2dParams| {
+            let (w, b) = (weight(&l.weight, frozen), weight(&l.bias, frozen));
+            conv2d_bias_relu(x, &w, &b, p, s as f32)
         };
-        let mut x = conv_leaky(images, 0, valid)?;
-        for layer in 1..4 {
-            x = conv_leaky(&x, 2 * layer, strided)?;
+        let mut x = conv_leaky(images, &d.conv1, valid)?;
+        for l in [&d.conv2, &d.conv3, &d.conv4] {
+            x = conv_leaky(&x, l, strided)?;
         }
         let mut x = x.reshape((b, ()))?;
         if let Some(rng) = dropout {
@@ -324,7 +334,11 @@ impl Dcgan {
                 x = (x * mask)?;
             }
         }
-        linear(&x, &d.get(8, frozen), &d.get(9, frozen))
+        let (w, b) = (
+            weight(&d.dense.weight, frozen),
+            weight(&d.dense.bias, frozen),
+        );
+        linear(&x, &w, &b)
     }
 }
 

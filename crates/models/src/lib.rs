@@ -7,6 +7,7 @@ pub mod char_lstm;
 pub mod dcgan;
 pub mod inception_v3;
 pub mod init;
+mod params;
 pub mod vae;
 pub mod vgg19;
 pub mod vocab;

@@ -22,6 +22,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::init;
+use crate::params::{self, Layer};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VaeConfig {
@@ -65,37 +66,26 @@ const LOGIT_CLIP: f64 = 16.118_095_550_958_316;
 pub const SIDE: usize = 28;
 const HALF: usize = 14;
 
-/// (key, shape) of every weight, in a fixed order.
-fn layout(latent: usize) -> Vec<(&'static str, Vec<usize>)> {
-    let flat = 64 * HALF * HALF;
-    vec![
-        ("encoder.conv1.weight", vec![32, 1, 3, 3]),
-        ("encoder.conv1.bias", vec![32]),
-        ("encoder.conv2.weight", vec![64, 32, 3, 3]),
-        ("encoder.conv2.bias", vec![64]),
-        ("encoder.conv3.weight", vec![64, 64, 3, 3]),
-        ("encoder.conv3.bias", vec![64]),
-        ("encoder.conv4.weight", vec![64, 64, 3, 3]),
-        ("encoder.conv4.bias", vec![64]),
-        ("encoder.dense.weight", vec![32, flat]),
-        ("encoder.dense.bias", vec![32]),
-        ("encoder.z_mean.weight", vec![latent, 32]),
-        ("encoder.z_mean.bias", vec![latent]),
-        ("encoder.z_log_var.weight", vec![latent, 32]),
-        ("encoder.z_log_var.bias", vec![latent]),
-        ("decoder.dense.weight", vec![flat, latent]),
-        ("decoder.dense.bias", vec![flat]),
-        // conv_transpose2d weights are (in, out, k, k).
-        ("decoder.deconv.weight", vec![64, 32, 3, 3]),
-        ("decoder.deconv.bias", vec![32]),
-        ("decoder.conv.weight", vec![1, 32, 3, 3]),
-        ("decoder.conv.bias", vec![1]),
-    ]
-}
-
 pub struct Vae {
     pub config: VaeConfig,
-    params: Vec<Var>,
+    encoder: Encoder,
+    decoder: Decoder,
+}
+
+struct Encoder {
+    conv1: Layer,
+    conv2: Layer,
+    conv3: Layer,
+    conv4: Layer,
+    dense: Layer,
+    z_mean: Layer,
+    z_log_var: Layer,
+}
+
+struct Decoder {
+    dense: Layer,
+    deconv: Layer,
+    conv: Layer,
 }
 
 /// What the encoder gives for a batch.
@@ -120,26 +110,75 @@ fn glorot_fans(shape: &[usize], transpose: bool) -> (usize, usize) {
     }
 }
 
+/// `relu(conv(x) + b)` as one node on the CPU (ReLU's gradient at 0 is 0, as in
+/// TensorFlow and PyTorch).
+fn conv_relu(x: &Tensor, l: &Layer, p: Conv2dParams) -> Result<Tensor> {
+    conv2d_bias_relu(x, &l.weight, &l.bias, p, 0.0)
+}
+
 impl Vae {
+    /// Every layer, asking `source` for each variable in checkpoint order.
+    fn build(
+        config: VaeConfig,
+        mut source: impl FnMut(&str, &[usize]) -> Result<Var>,
+    ) -> Result<Self> {
+        let (latent, flat) = (config.latent_dim, 64 * HALF * HALF);
+        let s = &mut source;
+        let encoder = Encoder {
+            conv1: Layer::new("encoder.conv1", &[32, 1, 3, 3], 32, s)?,
+            conv2: Layer::new("encoder.conv2", &[64, 32, 3, 3], 64, s)?,
+            conv3: Layer::new("encoder.conv3", &[64, 64, 3, 3], 64, s)?,
+            conv4: Layer::new("encoder.conv4", &[64, 64, 3, 3], 64, s)?,
+            dense: Layer::new("encoder.dense", &[32, flat], 32, s)?,
+            z_mean: Layer::new("encoder.z_mean", &[latent, 32], latent, s)?,
+            z_log_var: Layer::new("encoder.z_log_var", &[latent, 32], latent, s)?,
+        };
+        let decoder = Decoder {
+            dense: Layer::new("decoder.dense", &[flat, latent], flat, s)?,
+            // conv_transpose2d weights are (in, out, k, k).
+            deconv: Layer::new("decoder.deconv", &[64, 32, 3, 3], 32, s)?,
+            conv: Layer::new("decoder.conv", &[1, 32, 3, 3], 1, s)?,
+        };
+        Ok(Self {
+            config,
+            encoder,
+            decoder,
+        })
+    }
+
+    /// The layers in checkpoint order, which is also the optimizer's order.
+    fn layers(&self) -> [&Layer; 10] {
+        let (e, d) = (&self.encoder, &self.decoder);
+        [
+            &e.conv1,
+            &e.conv2,
+            &e.conv3,
+            &e.conv4,
+            &e.dense,
+            &e.z_mean,
+            &e.z_log_var,
+            &d.dense,
+            &d.deconv,
+            &d.conv,
+        ]
+    }
+
     /// Keras initialisation: Glorot-uniform kernels, zero biases.
     pub fn new_random(config: VaeConfig, rng: &mut impl Rng, dev: &Device) -> Result<Self> {
         if let Err(e) = config.validate() {
             bail!("{e}")
         }
-        let mut params = Vec::new();
-        for (key, shape) in layout(config.latent_dim) {
+        Self::build(config, |key, shape| {
             let t = if key.ends_with(".bias") {
-                Tensor::zeros(shape.as_slice(), DType::F32, dev)?
+                Tensor::zeros(shape, DType::F32, dev)?
             } else {
-                let (fan_in, fan_out) = glorot_fans(&shape, key.contains("deconv"));
+                let (fan_in, fan_out) = glorot_fans(shape, key.contains("deconv"));
                 let rows = shape[0];
                 let cols: usize = shape[1..].iter().product();
-                init::glorot_uniform((rows, cols), fan_in, fan_out, rng, dev)?
-                    .reshape(shape.as_slice())?
+                init::glorot_uniform((rows, cols), fan_in, fan_out, rng, dev)?.reshape(shape)?
             };
-            params.push(Var::from_tensor(&t)?);
-        }
-        Ok(Self { config, params })
+            Var::from_tensor(&t)
+        })
     }
 
     /// From saved weights, checking every key and shape.
@@ -148,55 +187,19 @@ impl Vae {
         weights: &std::collections::HashMap<String, Tensor>,
         dev: &Device,
     ) -> Result<Self> {
-        let mut params = Vec::new();
-        for (key, shape) in layout(config.latent_dim) {
-            let Some(t) = weights.get(key) else {
-                bail!("weights lack `{key}`")
-            };
-            if t.dims() != shape.as_slice() {
-                bail!("`{key}` has shape {:?}, expected {shape:?}", t.dims())
-            }
-            params.push(Var::from_tensor(&t.to_device(dev)?.to_dtype(DType::F32)?)?);
-        }
-        Ok(Self { config, params })
+        Self::build(config, params::saved(weights, dev))
     }
 
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
-        layout(self.config.latent_dim)
-            .into_iter()
-            .zip(&self.params)
-            .map(|((k, _), v)| (k.to_string(), v.as_tensor().clone()))
-            .collect()
+        params::tensors(self.layers().into_iter().flat_map(Layer::named))
     }
 
     pub fn vars(&self) -> Vec<Var> {
-        self.params.clone()
+        params::vars(self.layers())
     }
 
     pub fn parameter_count(&self) -> usize {
-        self.params.iter().map(|p| p.elem_count()).sum()
-    }
-
-    fn p(&self, i: usize) -> &Tensor {
-        self.params[i].as_tensor()
-    }
-
-    fn conv(&self, x: &Tensor, w: usize, p: Conv2dParams) -> Result<Tensor> {
-        add_channel_bias(&conv2d(x, self.p(w), p)?, self.p(w + 1))
-    }
-
-    /// `relu(conv(x) + b)` as one node on the CPU (ReLU's gradient at 0 is 0, as in
-    /// TensorFlow and PyTorch).
-    fn conv_relu(&self, x: &Tensor, w: usize, p: Conv2dParams) -> Result<Tensor> {
-        conv2d_bias_relu(x, self.p(w), self.p(w + 1), p, 0.0)
-    }
-
-    fn dense(&self, x: &Tensor, w: usize) -> Result<Tensor> {
-        linear(x, self.p(w), self.p(w + 1))
-    }
-
-    fn dense_relu(&self, x: &Tensor, w: usize) -> Result<Tensor> {
-        linear_relu(x, self.p(w), self.p(w + 1), 0.0)
+        params::count(self.layers())
     }
 
     /// `images` (B, 1, 28, 28) with pixels in [0, 1].
@@ -208,35 +211,39 @@ impl Vae {
                 images.dims()
             )
         }
+        let e = &self.encoder;
         let same = Conv2dParams::same(3);
-        let x = self.conv_relu(images, 0, same)?;
+        let x = conv_relu(images, &e.conv1, same)?;
         // Keras `same` at stride 2 on 28: pad 0 before and 1 after on each axis.
         let down = Conv2dParams {
             stride: (2, 2),
             padding: [0, 1, 0, 1],
         };
-        let x = self.conv_relu(&x, 2, down)?;
-        let x = self.conv_relu(&x, 4, same)?;
-        let x = self.conv_relu(&x, 6, same)?;
-        let x = self.dense_relu(&x.reshape((b, ()))?, 8)?;
+        let x = conv_relu(&x, &e.conv2, down)?;
+        let x = conv_relu(&x, &e.conv3, same)?;
+        let x = conv_relu(&x, &e.conv4, same)?;
+        let x = linear_relu(&x.reshape((b, ()))?, &e.dense.weight, &e.dense.bias, 0.0)?;
         Ok(Encoded {
-            z_mean: self.dense(&x, 10)?,
-            z_log_var: self.dense(&x, 12)?,
+            z_mean: linear(&x, &e.z_mean.weight, &e.z_mean.bias)?,
+            z_log_var: linear(&x, &e.z_log_var.weight, &e.z_log_var.bias)?,
         })
     }
 
     /// Decoder logits (B, 1, 28, 28) for latent points `z` (B, latent).
     pub fn decode_logits(&self, z: &Tensor) -> Result<Tensor> {
+        let d = &self.decoder;
         let b = z.dim(0)?;
-        let x = self.dense_relu(z, 14)?.reshape((b, 64, HALF, HALF))?;
+        let x = linear_relu(z, &d.dense.weight, &d.dense.bias, 0.0)?;
+        let x = x.reshape((b, 64, HALF, HALF))?;
         // Keras Conv2DTranspose(k=3, s=2, same) = padding 1, output_padding 1.
         let up = ConvTranspose2dParams {
             padding: 1,
             output_padding: 1,
             stride: 2,
         };
-        let x = conv_transpose2d_bias_relu(&x, self.p(16), self.p(17), up, 0.0)?;
-        self.conv(&x, 18, Conv2dParams::same(3))
+        let x = conv_transpose2d_bias_relu(&x, &d.deconv.weight, &d.deconv.bias, up, 0.0)?;
+        let conv = conv2d(&x, &d.conv.weight, Conv2dParams::same(3))?;
+        add_channel_bias(&conv, &d.conv.bias)
     }
 
     /// Decoded images in [0, 1].
