@@ -36,7 +36,7 @@ fn run(state: &Path, args: &[&str]) -> Output {
         .env_remove("ONEIRO_ENDPOINT")
         .env_remove("ONEIRO_TOKEN")
         .env_remove("ONEIRO_TOKEN_FILE")
-        .env("ONEIRO_OFFLINE", "1")
+        .env("ONEIRO_OFFLINE", "true")
         .output()
         .expect("the oneiro binary runs")
 }
