@@ -1,11 +1,14 @@
 //! `oneiro vae ...`: the convolutional VAE on MNIST (train, grid, encode, decode, concept,
 //! morph).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use oneiro_client::{Client, pb};
+
+use super::files::{read, write};
+use super::render::follow;
 
 #[derive(Subcommand, Debug)]
 pub enum VaeCommand {
@@ -129,17 +132,6 @@ pub struct VaeTrainArgs {
     /// Weight of the KL term, for a new model [0.0005].
     #[arg(long)]
     kl_weight: Option<f32>,
-}
-
-pub fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-}
-
-pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn fmt_vec(v: &[f32]) -> String {
@@ -306,7 +298,7 @@ async fn train(client: &mut Client, a: VaeTrainArgs) -> Result<()> {
             seed: a.seed,
             no_samples: a.no_grid,
             checkpoint_every_steps: a.checkpoint_every,
-            divergence_factor: crate::divergence_factor(a.divergence_factor),
+            divergence_factor: super::divergence_factor(a.divergence_factor),
             max_train_images: a.max_train_images,
             max_validation_images: a.max_validation_images,
             grid_size: a.grid_size,
@@ -316,5 +308,5 @@ async fn train(client: &mut Client, a: VaeTrainArgs) -> Result<()> {
             source: Some(source),
         })),
     };
-    crate::follow(client.train(req).await?, a.detach, a.out_dir.as_deref()).await
+    follow(client.train(req).await?, a.detach, a.out_dir.as_deref()).await
 }

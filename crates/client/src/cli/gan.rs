@@ -2,9 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use oneiro_client::{Client, pb};
+
+use super::files::{folder_images, write};
+use super::render::follow;
 
 const DEFAULT_MODEL: &str = "frog-gan";
 
@@ -96,31 +99,11 @@ pub async fn run(client: &mut Client, cmd: GanCommand) -> Result<()> {
                     latents: vec![],
                 })
                 .await?;
-            crate::vae_cli::write(&output, &img.png)?;
+            write(&output, &img.png)?;
             println!("{}×{} grid: {}", img.width, img.height, output.display());
             Ok(())
         }
     }
-}
-
-fn folder_images(dir: &std::path::Path) -> Result<Vec<Vec<u8>>> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                matches!(
-                    e.to_ascii_lowercase().as_str(),
-                    "png" | "jpg" | "jpeg" | "gif"
-                )
-            })
-        })
-        .collect();
-    paths.sort();
-    if paths.is_empty() {
-        bail!("{} has no PNG, JPEG or GIF files", dir.display());
-    }
-    paths.iter().map(|p| crate::vae_cli::read(p)).collect()
 }
 
 async fn train(client: &mut Client, a: GanTrainArgs) -> Result<()> {
@@ -170,5 +153,5 @@ async fn train(client: &mut Client, a: GanTrainArgs) -> Result<()> {
             class_label: Some(a.class),
         })),
     };
-    crate::follow(client.train(req).await?, a.detach, a.out_dir.as_deref()).await
+    follow(client.train(req).await?, a.detach, a.out_dir.as_deref()).await
 }

@@ -1,12 +1,15 @@
 //! `oneiro dream`: DeepDream on InceptionV3, and the weight options every pretrained
 //! network shares.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use oneiro_client::{Client, pb};
+
+use super::files;
+use super::render::{finish, progress_line};
 
 /// Where a pretrained network's weights come from.
 #[derive(Args, Debug)]
@@ -100,8 +103,7 @@ fn parse_layer(s: &str) -> Result<(String, f32), String> {
 }
 
 pub async fn run(client: &mut Client, a: DreamArgs, embedded: bool) -> Result<()> {
-    let image =
-        std::fs::read(&a.image).with_context(|| format!("cannot read {}", a.image.display()))?;
+    let image = files::read(&a.image)?;
     if a.random_layers && a.seed.is_none() && !a.weights.random_weights {
         eprintln!("note: --random-layers without --seed uses seed 0");
     }
@@ -124,7 +126,7 @@ pub async fn run(client: &mut Client, a: DreamArgs, embedded: bool) -> Result<()
         weights: Some(a.weights.to_proto(a.seed, embedded)?),
     };
     if let Some(dir) = &a.save_octaves {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        files::create_dir(dir)?;
     }
     let mut stream = client.dream(req).await?;
     let mut bar: Option<ProgressBar> = None;
@@ -170,17 +172,10 @@ pub async fn run(client: &mut Client, a: DreamArgs, embedded: bool) -> Result<()
                         ""
                     }
                 );
-                match &bar {
-                    Some(b) if !b.is_hidden() => {
-                        b.set_position((o.octave as u64 + 1) * iterations);
-                        b.println(line);
-                    }
-                    _ => eprintln!("{line}"),
-                }
+                progress_line(bar.as_ref(), (o.octave as u64 + 1) * iterations, line);
                 if let Some(dir) = &a.save_octaves {
                     let p = dir.join(format!("at_scale_{}x{}.png", img.height, img.width));
-                    std::fs::write(&p, &img.png)
-                        .with_context(|| format!("cannot write {}", p.display()))?;
+                    files::write(&p, &img.png)?;
                 }
                 last = Some(img);
             }
@@ -188,35 +183,4 @@ pub async fn run(client: &mut Client, a: DreamArgs, embedded: bool) -> Result<()
         }
     }
     finish(bar, last, &a.output, "dream")
-}
-
-/// Shows `line` above the progress bar, moved to `position`; on stderr when the bar is
-/// hidden (not a terminal).
-pub fn progress_line(bar: Option<&ProgressBar>, position: u64, line: String) {
-    match bar {
-        Some(b) if !b.is_hidden() => {
-            b.set_position(position);
-            b.println(line);
-        }
-        _ => eprintln!("{line}"),
-    }
-}
-
-/// Clears the progress bar and writes the last image a stream sent to `output`.
-pub fn finish(
-    bar: Option<ProgressBar>,
-    last: Option<pb::Image>,
-    output: &Path,
-    what: &str,
-) -> Result<()> {
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    let Some(img) = last else {
-        bail!("the daemon ended the {what} without an image")
-    };
-    std::fs::write(output, &img.png)
-        .with_context(|| format!("cannot write {}", output.display()))?;
-    println!("wrote {} ({}x{})", output.display(), img.width, img.height);
-    Ok(())
 }

@@ -2,12 +2,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use oneiro_client::{Client, pb};
 
-use crate::dream_cli::{WeightsArgs, finish, progress_line};
+use super::dream::WeightsArgs;
+use super::files;
+use super::render::{finish, progress_line};
 
 #[derive(Args, Debug)]
 pub struct StyleArgs {
@@ -57,11 +59,9 @@ fn describe(l: &pb::StyleLoss) -> String {
 }
 
 pub async fn run(client: &mut Client, a: StyleArgs, embedded: bool) -> Result<()> {
-    let read =
-        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
     let req = pb::StyleRequest {
-        content_image: read(&a.content)?,
-        style_image: read(&a.style)?,
+        content_image: files::read(&a.content)?,
+        style_image: files::read(&a.style)?,
         content_weight: a.content_weight,
         style_weight: a.style_weight,
         total_variation_weight: a.tv_weight,
@@ -73,7 +73,7 @@ pub async fn run(client: &mut Client, a: StyleArgs, embedded: bool) -> Result<()
         weights: Some(a.weights.to_proto(a.seed, embedded)?),
     };
     if let Some(dir) = &a.save_rounds {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        files::create_dir(dir)?;
     }
     let mut stream = client.style(req).await?;
     let mut bar: Option<ProgressBar> = None;
@@ -111,8 +111,7 @@ pub async fn run(client: &mut Client, a: StyleArgs, embedded: bool) -> Result<()
                 progress_line(bar.as_ref(), r.round as u64 + 1, line);
                 if let Some(dir) = &a.save_rounds {
                     let p = dir.join(format!("round_{:02}.png", r.round));
-                    std::fs::write(&p, &img.png)
-                        .with_context(|| format!("cannot write {}", p.display()))?;
+                    files::write(&p, &img.png)?;
                 }
                 last = Some(img);
             }
