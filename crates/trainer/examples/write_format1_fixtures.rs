@@ -72,7 +72,14 @@ fn main() -> Result<()> {
 
     // A text model stopped inside its second epoch: its record carries the epoch progress.
     store.create(&ModelRecord::new_char_lstm("text-partial", text_config()))?;
-    train_char_lstm(&store, "text-partial", &corpus, &text_options(1), &dev, quiet)?;
+    train_char_lstm(
+        &store,
+        "text-partial",
+        &corpus,
+        &text_options(1),
+        &dev,
+        quiet,
+    )?;
     let stopped = train_char_lstm(
         &store,
         "text-partial",
@@ -125,7 +132,12 @@ fn main() -> Result<()> {
         }
         println!(
             "{} {:?} format {} epochs {} steps {} checkpoint {:?}",
-            r.name, r.kind, r.format, r.epochs_trained, r.steps_trained, r.checkpoint
+            r.name,
+            r.kind(),
+            r.format,
+            r.epochs_trained,
+            r.steps_trained(),
+            r.checkpoint
         );
     }
     Ok(())
