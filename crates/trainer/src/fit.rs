@@ -27,10 +27,13 @@ pub(crate) fn resolve_seed(requested: Option<u64>, saved: Option<u64>) -> u64 {
     requested.or(saved).unwrap_or_else(|| rand::rng().random())
 }
 
+/// Tensors by name, as checkpoints store them.
+pub(crate) type Named = Vec<(String, Tensor)>;
+
 /// A model and its optimizers, as a checkpoint holds them.
 pub(crate) trait Learner {
     /// The model's weights and the optimizers' state tensors.
-    fn checkpoint_tensors(&self) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>);
+    fn checkpoint_tensors(&self) -> (Named, Named);
     /// What the record says of the optimizer.
     fn optimizer_record(&self) -> OptimizerRecord;
 }
@@ -50,7 +53,7 @@ impl<M> Single<M> {
 }
 
 impl<M> Learner for Single<M> {
-    fn checkpoint_tensors(&self) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>) {
+    fn checkpoint_tensors(&self) -> (Named, Named) {
         let weights = self.tensors();
         let opt = optimizer_tensors("", &weights, &self.opt);
         (weights, opt)

@@ -731,6 +731,21 @@ mod tests {
     }
 
     #[test]
+    fn records_round_trip_as_format_2_and_unknown_formats_are_refused() {
+        let rec = ModelRecord::new_gan("g", GanConfig::default());
+        let json = serde_json::to_value(&rec).unwrap();
+        assert_eq!(
+            (json["format"].as_u64(), json["spec"]["kind"].as_str()),
+            (Some(2), Some("gan"))
+        );
+        assert_eq!(parse_record(json.to_string().as_bytes()).unwrap(), rec);
+        let err = parse_record(br#"{"format": 3, "name": "x"}"#).unwrap_err();
+        assert_eq!(err, "unknown format 3");
+        let err = parse_record(br#"{"format": 1, "name": "x", "uid": 1, "kind": "vae", "vocab": null, "epochs_trained": 0, "loss_history": [], "val_loss_history": [], "optimizer": null, "seed": null, "seed_text": null, "parameters": 0, "checkpoint": null, "updated_unix": 0, "revision": 0}"#).unwrap_err();
+        assert_eq!(err, "a vae model without its configuration");
+    }
+
+    #[test]
     fn a_truncated_checkpoint_is_reported_as_corrupt() -> Result<()> {
         let tmp = tempfile::tempdir()?;
         let store = ModelStore::open(tmp.path())?;

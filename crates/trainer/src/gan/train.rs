@@ -12,7 +12,7 @@ use oneiro_tensor_ops::{RmsProp, RmsPropConfig};
 use super::step::{adversarial_step, grid_png, latents, real_batch, step_rng};
 use crate::cifar::ImageSet;
 use crate::events::{EventSink, TrainEvent};
-use crate::fit::{Fitting, Learner, StepPlan, StepTechnique, fit_steps};
+use crate::fit::{Fitting, Learner, Named, StepPlan, StepTechnique, fit_steps};
 use crate::store::{
     GanPoint, ModelRecord, ModelSpec, ModelStore, OptimizerRecord, optimizer_tensors,
     restore_optimizer,
@@ -126,7 +126,7 @@ struct GanLearner {
 }
 
 impl Learner for GanLearner {
-    fn checkpoint_tensors(&self) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>) {
+    fn checkpoint_tensors(&self) -> (Named, Named) {
         let model = &self.model;
         let mut opt = optimizer_tensors("d.", &model.discriminator.tensors(), &self.d_opt);
         opt.extend(optimizer_tensors(
