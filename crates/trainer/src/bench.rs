@@ -10,8 +10,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::Result;
-use crate::text_data::CharCorpus;
-use crate::text_generate::CharGenerator;
+use crate::text::data::CharCorpus;
+use crate::text::generate::CharGenerator;
 
 const VOCAB: usize = 57;
 const MAXLEN: usize = 60;
@@ -112,7 +112,7 @@ pub fn vae_train(device: &Device, steps: usize) -> Result<f64> {
 /// 40 images, then a generator update through the frozen discriminator), like the peers'
 /// `gan-train`. Returns seconds per step.
 pub fn gan_train(device: &Device, steps: usize) -> Result<f64> {
-    use crate::gan_train::{GanTrainOptions, adversarial_step};
+    use crate::gan::{GanTrainOptions, adversarial_step};
     use oneiro_models::{Dcgan, GanConfig};
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let model = Dcgan::new_random(GanConfig::default(), &mut rng, device)?;
@@ -135,7 +135,7 @@ pub fn gan_train(device: &Device, steps: usize) -> Result<f64> {
 /// mixed5 with the book's layer coefficients, like the peers' `dream-step` (loss, input
 /// gradient, normalised step; no weight gradients). Returns seconds per step.
 pub fn dream_step(device: &Device, height: usize, width: usize, steps: usize) -> Result<f64> {
-    use crate::dream::{BOOK_LAYERS, Dreamer};
+    use crate::vision::dream::{BOOK_LAYERS, Dreamer};
     use oneiro_models::{InceptionV3, Preprocessing, Weights};
     let net = InceptionV3::load(
         &Weights::Seeded(0),
@@ -167,8 +167,8 @@ pub fn dream_step(device: &Device, height: usize, width: usize, steps: usize) ->
 /// the peers' `style-eval`; the targets are computed once, outside the timing. Returns
 /// seconds per evaluation.
 pub fn style_eval(device: &Device, height: usize, width: usize, steps: usize) -> Result<f64> {
-    use crate::dream::Planes;
-    use crate::style::{StyleOptions, Stylizer};
+    use crate::vision::Planes;
+    use crate::vision::style::{StyleOptions, Stylizer};
     use oneiro_models::{Preprocessing, Vgg19, Weights};
     let net = Vgg19::load(&Weights::Seeded(0), device)?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);

@@ -37,3 +37,10 @@ impl Error {
         Self::InvalidArgument(msg.into())
     }
 }
+
+/// A sink's stop request ends the run as cancelled, so `sink.send(event)?` stops it.
+impl From<crate::events::Stop> for Error {
+    fn from(stop: crate::events::Stop) -> Self {
+        Self::Cancelled(stop.0)
+    }
+}

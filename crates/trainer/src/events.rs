@@ -1,26 +1,61 @@
 //! Typed progress events of a training run. The trainer produces them; sinks (the gRPC
 //! stream, the CLI's progress bar, logs) consume them.
 
+use crate::store::ModelKind;
+
+/// What a model's training progress is counted in: epochs over the data (text, VAE) or
+/// steps (the GAN, which walks its data without epochs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    Epochs,
+    Steps,
+}
+
+impl Unit {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Epochs => "epochs",
+            Self::Steps => "steps",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum TrainEvent {
     Started {
         model: String,
         device: String,
-        first_epoch: u32,
-        epochs: u32,
-        /// Steps of `first_epoch` already done before this run (a resumed epoch).
+        kind: ModelKind,
+        /// What `first` and `count` count.
+        unit: Unit,
+        /// The first epoch or step this run trains (1-based).
+        first: u32,
+        /// Epochs or steps this run trains.
+        count: u32,
+        /// Epochs: steps of epoch `first` already done before this run (a resumed
+        /// epoch). Steps: 0.
         first_step: u32,
-        steps_per_epoch: u32,
-        train_sequences: u64,
-        validation_sequences: u64,
-        vocab_size: u32,
+        /// Epochs: steps (batches) per epoch. Steps: `None`.
+        steps_per_epoch: Option<u32>,
+        /// Training examples (text windows, images) and validation examples.
+        train_examples: u64,
+        validation_examples: u64,
+        /// Text models only.
+        vocab_size: Option<u32>,
     },
     Batch {
-        epoch: u32,
+        /// The epoch in progress; `None` when training counts steps.
+        epoch: Option<u32>,
+        /// Steps done: of `epoch`, or of the model's whole training when counting steps.
         step: u32,
-        steps_per_epoch: u32,
+        /// Where `step` is heading: steps per epoch, or the model's step count at the end
+        /// of this run.
+        last_step: u32,
         loss: f32,
-        sequences_per_second: f32,
+        /// Epochs: examples per second over the epoch so far. Steps: steps since the last
+        /// report per second since the run began.
+        rate: f32,
     },
     EpochEnd {
         epoch: u32,
@@ -44,7 +79,7 @@ pub enum TrainEvent {
         /// Set when the book's failure signature shows, with its advice.
         warning: Option<String>,
     },
-    /// A picture of the model's progress (the VAE's latent grid, the GAN's samples).
+    /// A picture of the model's progress (the VAE's latent grid).
     Image {
         epoch: u32,
         step: u32,
@@ -59,13 +94,19 @@ pub enum TrainEvent {
         text: String,
     },
     Checkpoint {
-        epoch: u32,
-        /// Steps of `epoch` done at this checkpoint (all of them at an epoch end).
+        /// The epoch in progress or just ended; `None` when training counts steps.
+        epoch: Option<u32>,
+        /// Steps done at this checkpoint: of `epoch` (all of them at an epoch end), or of
+        /// the model's whole training when counting steps.
         step: u32,
         checkpoint: String,
     },
     Finished {
-        epochs_trained: u32,
+        unit: Unit,
+        /// The model's progress after the run, in `unit` (epochs or steps trained).
+        units_trained: u32,
+        /// Epochs: the last epoch's mean loss. Steps (GAN): the last report's mean
+        /// adversarial loss.
         final_loss: f32,
         seconds: f32,
     },

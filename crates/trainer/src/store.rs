@@ -20,9 +20,11 @@ use candle_core::{Device, Tensor};
 use oneiro_models::{CharLstmConfig, GanConfig, VaeConfig, Vocabulary};
 use serde::{Deserialize, Serialize};
 
+use crate::events::Unit;
 use crate::{Error, Result};
 
-const FORMAT: u32 = 1;
+/// The `model.json` format this code writes; [`ModelStore::load`] also reads format 1.
+pub const FORMAT: u32 = 2;
 const KEEP_CHECKPOINTS: usize = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,43 +80,77 @@ pub struct GanPoint {
     pub adversarial_loss: f32,
 }
 
+/// What kind of model a record describes, with what only that kind has.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ModelSpec {
+    CharLstm {
+        config: CharLstmConfig,
+        /// The sorted vocabulary, once trained.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vocab: Option<Vec<char>>,
+        /// A window of the training corpus, the default seed of generation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seed_text: Option<String>,
+    },
+    Vae {
+        config: VaeConfig,
+        /// Mean latent point of each digit class (from the labeled validation data), the
+        /// ends of concept vectors.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        class_means: Option<Vec<Vec<f32>>>,
+    },
+    Gan {
+        config: GanConfig,
+        /// Steps trained so far (the GAN's progress; it has no epochs).
+        #[serde(default)]
+        steps_trained: u64,
+        /// The mean losses of each reporting window.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        history: Vec<GanPoint>,
+    },
+}
+
+impl ModelSpec {
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            Self::CharLstm { .. } => ModelKind::CharLstm,
+            Self::Vae { .. } => ModelKind::Vae,
+            Self::Gan { .. } => ModelKind::Gan,
+        }
+    }
+}
+
+impl ModelKind {
+    /// What the kind's training progress is counted in.
+    pub fn unit(self) -> Unit {
+        match self {
+            Self::Gan => Unit::Steps,
+            Self::CharLstm | Self::Vae => Unit::Epochs,
+        }
+    }
+}
+
 /// A model's description, `model.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelRecord {
+    /// Always [`FORMAT`] once loaded: older files are converted as they are read.
     pub format: u32,
     pub name: String,
     /// Random at creation: tells a re-created model from an earlier one of the same name.
     pub uid: u64,
-    pub kind: ModelKind,
-    /// The configuration of the model's kind (exactly one is set).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub char_lstm: Option<CharLstmConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vae: Option<VaeConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gan: Option<GanConfig>,
-    /// GAN: steps trained so far, and the mean losses of each reporting window.
-    #[serde(default)]
-    pub steps_trained: u64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub gan_history: Vec<GanPoint>,
-    /// VAE: mean latent point of each digit class (from the labeled validation data), the
-    /// ends of concept vectors.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub class_means: Option<Vec<Vec<f32>>>,
-    /// The sorted vocabulary, once trained.
-    pub vocab: Option<Vec<char>>,
+    pub spec: ModelSpec,
+    /// Epochs trained so far (text, VAE; the GAN counts steps in its spec).
     pub epochs_trained: u32,
     /// Set when the checkpoint was taken inside epoch `epochs_trained + 1`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<EpochProgress>,
+    /// Epoch mean losses; the GAN's: the discriminator's mean loss of each report.
     pub loss_history: Vec<f32>,
     pub val_loss_history: Vec<f32>,
     pub optimizer: Option<OptimizerRecord>,
     /// Seed of init, shuffling and samples, fixed at the first training.
     pub seed: Option<u64>,
-    /// A window of the training corpus, the default seed of generation.
-    pub seed_text: Option<String>,
     pub parameters: u64,
     /// The current checkpoint's directory name.
     pub checkpoint: Option<String>,
@@ -125,46 +161,49 @@ pub struct ModelRecord {
 
 impl ModelRecord {
     pub fn new_char_lstm(name: &str, config: CharLstmConfig) -> Self {
-        Self {
-            char_lstm: Some(config),
-            ..Self::untrained(name, ModelKind::CharLstm)
-        }
+        Self::untrained(
+            name,
+            ModelSpec::CharLstm {
+                config,
+                vocab: None,
+                seed_text: None,
+            },
+        )
     }
 
     pub fn new_vae(name: &str, config: VaeConfig) -> Self {
-        Self {
-            vae: Some(config),
-            ..Self::untrained(name, ModelKind::Vae)
-        }
+        Self::untrained(
+            name,
+            ModelSpec::Vae {
+                config,
+                class_means: None,
+            },
+        )
     }
 
     pub fn new_gan(name: &str, config: GanConfig) -> Self {
-        Self {
-            gan: Some(config),
-            ..Self::untrained(name, ModelKind::Gan)
-        }
+        Self::untrained(
+            name,
+            ModelSpec::Gan {
+                config,
+                steps_trained: 0,
+                history: vec![],
+            },
+        )
     }
 
-    fn untrained(name: &str, kind: ModelKind) -> Self {
+    fn untrained(name: &str, spec: ModelSpec) -> Self {
         Self {
             format: FORMAT,
             name: name.to_string(),
             uid: rand::random(),
-            kind,
-            char_lstm: None,
-            vae: None,
-            gan: None,
-            steps_trained: 0,
-            gan_history: vec![],
-            class_means: None,
-            vocab: None,
+            spec,
             epochs_trained: 0,
             progress: None,
             loss_history: vec![],
             val_loss_history: vec![],
             optimizer: None,
             seed: None,
-            seed_text: None,
             parameters: 0,
             checkpoint: None,
             updated_unix: 0,
@@ -172,11 +211,61 @@ impl ModelRecord {
         }
     }
 
+    pub fn kind(&self) -> ModelKind {
+        self.spec.kind()
+    }
+
     /// How far training has come, in the unit jobs count: epochs, or steps for the GAN.
     pub fn progress_units(&self) -> u32 {
-        match self.kind {
-            ModelKind::Gan => self.steps_trained.min(u32::MAX as u64) as u32,
+        match self.spec {
+            ModelSpec::Gan { steps_trained, .. } => steps_trained.min(u32::MAX as u64) as u32,
             _ => self.epochs_trained,
+        }
+    }
+
+    /// The GAN's steps trained so far (0 for the other kinds).
+    pub fn steps_trained(&self) -> u64 {
+        match self.spec {
+            ModelSpec::Gan { steps_trained, .. } => steps_trained,
+            _ => 0,
+        }
+    }
+
+    pub(crate) fn set_steps_trained(&mut self, steps: u64) {
+        if let ModelSpec::Gan { steps_trained, .. } = &mut self.spec {
+            *steps_trained = steps;
+        }
+    }
+
+    /// The GAN's mean losses of each reporting window (empty for the other kinds).
+    pub fn gan_history(&self) -> &[GanPoint] {
+        match &self.spec {
+            ModelSpec::Gan { history, .. } => history,
+            _ => &[],
+        }
+    }
+
+    /// The text model's sorted vocabulary, once trained.
+    pub fn vocab(&self) -> Option<&[char]> {
+        match &self.spec {
+            ModelSpec::CharLstm { vocab, .. } => vocab.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The text model's default seed of generation, once trained.
+    pub fn seed_text(&self) -> Option<&str> {
+        match &self.spec {
+            ModelSpec::CharLstm { seed_text, .. } => seed_text.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The VAE's class means, once trained.
+    pub fn class_means(&self) -> Option<&[Vec<f32>]> {
+        match &self.spec {
+            ModelSpec::Vae { class_means, .. } => class_means.as_deref(),
+            _ => None,
         }
     }
 
@@ -184,53 +273,133 @@ impl ModelRecord {
         Error::FailedPrecondition(format!(
             "model {:?} is a {} model, not a {} model",
             self.name,
-            self.kind.name(),
+            self.kind().name(),
             wanted.name()
         ))
     }
 
     /// The character model's settings, or an error naming the model's actual kind.
     pub fn text_config(&self) -> Result<&CharLstmConfig> {
-        match (&self.kind, &self.char_lstm) {
-            (ModelKind::CharLstm, Some(c)) => Ok(c),
+        match &self.spec {
+            ModelSpec::CharLstm { config, .. } => Ok(config),
             _ => Err(self.wrong_kind(ModelKind::CharLstm)),
         }
     }
 
     pub fn vae_config(&self) -> Result<&VaeConfig> {
-        match (&self.kind, &self.vae) {
-            (ModelKind::Vae, Some(c)) => Ok(c),
+        match &self.spec {
+            ModelSpec::Vae { config, .. } => Ok(config),
             _ => Err(self.wrong_kind(ModelKind::Vae)),
         }
     }
 
     pub fn gan_config(&self) -> Result<&GanConfig> {
-        match (&self.kind, &self.gan) {
-            (ModelKind::Gan, Some(c)) => Ok(c),
+        match &self.spec {
+            ModelSpec::Gan { config, .. } => Ok(config),
             _ => Err(self.wrong_kind(ModelKind::Gan)),
         }
     }
 
-    /// Checks the kind's configuration (exactly the kind's one present, and valid).
+    /// Checks the kind's configuration.
     pub fn validate(&self) -> Result<()> {
-        match self.kind {
-            ModelKind::CharLstm => self
-                .text_config()?
-                .validate()
-                .map_err(Error::InvalidArgument),
-            ModelKind::Vae => self
-                .vae_config()?
-                .validate()
-                .map_err(Error::InvalidArgument),
-            ModelKind::Gan => self
-                .gan_config()?
-                .validate()
-                .map_err(Error::InvalidArgument),
+        match &self.spec {
+            ModelSpec::CharLstm { config, .. } => config.validate(),
+            ModelSpec::Vae { config, .. } => config.validate(),
+            ModelSpec::Gan { config, .. } => config.validate(),
         }
+        .map_err(Error::InvalidArgument)
     }
 
     pub fn vocabulary(&self) -> Option<Vocabulary> {
-        self.vocab.clone().map(Vocabulary::from_chars)
+        self.vocab().map(|v| Vocabulary::from_chars(v.to_vec()))
+    }
+}
+
+/// `model.json` as format 1 wrote it: a kind, and the kind's configuration among three
+/// optional ones. Read only, into a [`ModelRecord`].
+#[derive(Deserialize)]
+struct RecordV1 {
+    name: String,
+    uid: u64,
+    kind: ModelKind,
+    #[serde(default)]
+    char_lstm: Option<CharLstmConfig>,
+    #[serde(default)]
+    vae: Option<VaeConfig>,
+    #[serde(default)]
+    gan: Option<GanConfig>,
+    #[serde(default)]
+    steps_trained: u64,
+    #[serde(default)]
+    gan_history: Vec<GanPoint>,
+    #[serde(default)]
+    class_means: Option<Vec<Vec<f32>>>,
+    vocab: Option<Vec<char>>,
+    epochs_trained: u32,
+    #[serde(default)]
+    progress: Option<EpochProgress>,
+    loss_history: Vec<f32>,
+    val_loss_history: Vec<f32>,
+    optimizer: Option<OptimizerRecord>,
+    seed: Option<u64>,
+    seed_text: Option<String>,
+    parameters: u64,
+    checkpoint: Option<String>,
+    updated_unix: i64,
+    revision: u64,
+}
+
+impl RecordV1 {
+    fn upgrade(self) -> std::result::Result<ModelRecord, String> {
+        let missing = || format!("a {} model without its configuration", self.kind.name());
+        let spec = match self.kind {
+            ModelKind::CharLstm => ModelSpec::CharLstm {
+                config: self.char_lstm.ok_or_else(missing)?,
+                vocab: self.vocab,
+                seed_text: self.seed_text,
+            },
+            ModelKind::Vae => ModelSpec::Vae {
+                config: self.vae.ok_or_else(missing)?,
+                class_means: self.class_means,
+            },
+            ModelKind::Gan => ModelSpec::Gan {
+                config: self.gan.ok_or_else(missing)?,
+                steps_trained: self.steps_trained,
+                history: self.gan_history,
+            },
+        };
+        Ok(ModelRecord {
+            format: FORMAT,
+            name: self.name,
+            uid: self.uid,
+            spec,
+            epochs_trained: self.epochs_trained,
+            progress: self.progress,
+            loss_history: self.loss_history,
+            val_loss_history: self.val_loss_history,
+            optimizer: self.optimizer,
+            seed: self.seed,
+            parameters: self.parameters,
+            checkpoint: self.checkpoint,
+            updated_unix: self.updated_unix,
+            revision: self.revision,
+        })
+    }
+}
+
+/// A `model.json` of any readable format, as the current [`ModelRecord`].
+fn parse_record(bytes: &[u8]) -> std::result::Result<ModelRecord, String> {
+    #[derive(Deserialize)]
+    struct Format {
+        format: u32,
+    }
+    let Format { format } = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    match format {
+        1 => serde_json::from_slice::<RecordV1>(bytes)
+            .map_err(|e| e.to_string())?
+            .upgrade(),
+        FORMAT => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        other => Err(format!("unknown format {other}")),
     }
 }
 
@@ -367,16 +536,7 @@ impl ModelStore {
             }
             Err(e) => return Err(e.into()),
         };
-        let record: ModelRecord = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
-        if record.format != FORMAT {
-            return Err(Error::Corrupt(format!(
-                "{}: unknown format {}",
-                path.display(),
-                record.format
-            )));
-        }
-        Ok(record)
+        parse_record(&bytes).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))
     }
 
     /// Every readable model, sorted by name. Unreadable ones are logged and skipped so
@@ -568,6 +728,21 @@ mod tests {
         store.delete("m")?;
         assert!(matches!(store.load("m"), Err(Error::NotFound(_))));
         Ok(())
+    }
+
+    #[test]
+    fn records_round_trip_as_format_2_and_unknown_formats_are_refused() {
+        let rec = ModelRecord::new_gan("g", GanConfig::default());
+        let json = serde_json::to_value(&rec).unwrap();
+        assert_eq!(
+            (json["format"].as_u64(), json["spec"]["kind"].as_str()),
+            (Some(2), Some("gan"))
+        );
+        assert_eq!(parse_record(json.to_string().as_bytes()).unwrap(), rec);
+        let err = parse_record(br#"{"format": 3, "name": "x"}"#).unwrap_err();
+        assert_eq!(err, "unknown format 3");
+        let err = parse_record(br#"{"format": 1, "name": "x", "uid": 1, "kind": "vae", "vocab": null, "epochs_trained": 0, "loss_history": [], "val_loss_history": [], "optimizer": null, "seed": null, "seed_text": null, "parameters": 0, "checkpoint": null, "updated_unix": 0, "revision": 0}"#).unwrap_err();
+        assert_eq!(err, "a vae model without its configuration");
     }
 
     #[test]

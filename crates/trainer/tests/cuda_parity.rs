@@ -15,9 +15,10 @@ use oneiro_models::{
     CharLstm, Dcgan, GanConfig, InceptionV3, Preprocessing, Vae, VaeConfig, Vgg19, Weights,
 };
 use oneiro_tensor_ops::{RmsProp, RmsPropConfig};
-use oneiro_trainer::dream::{BOOK_LAYERS, Dreamer, Planes};
-use oneiro_trainer::gan_train::{GanTrainOptions, adversarial_step};
-use oneiro_trainer::style::{StyleOptions, Stylizer};
+use oneiro_trainer::gan::{GanTrainOptions, adversarial_step};
+use oneiro_trainer::vision::Planes;
+use oneiro_trainer::vision::dream::{BOOK_LAYERS, Dreamer};
+use oneiro_trainer::vision::style::{StyleOptions, Stylizer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -169,7 +170,7 @@ fn dcgan_generator_and_adversarial_step() -> TestResult {
     type Run = (Tensor, [f32; 2], Vec<Vec<f32>>, Vec<Var>);
     let run = |dev: &Device| -> Result<Run, Box<dyn std::error::Error>> {
         let model = Dcgan::new_random(config.clone(), &mut ChaCha8Rng::seed_from_u64(0), dev)?;
-        let z = oneiro_trainer::gan_train::latents(
+        let z = oneiro_trainer::gan::latents(
             &mut ChaCha8Rng::seed_from_u64(4),
             4,
             config.latent_dim,

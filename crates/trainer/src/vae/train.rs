@@ -3,23 +3,19 @@
 //! epoch a checkpoint, the class means of the latent codes (for concept vectors) and a
 //! picture of the latent grid.
 
-use std::time::Instant;
-
 use candle_core::{DType, Device, Tensor};
 use oneiro_models::Vae;
-use oneiro_tensor_ops::{RmsProp, RmsPropConfig};
+use oneiro_models::vae::VaeLoss;
 use rand::Rng;
-use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
+use super::infer::VaeRunner;
 use crate::events::{EventSink, LossParts, TrainEvent};
+use crate::fit::{EpochPlan, EpochTechnique, Fitting, Single, Spikes, fit_epochs};
 use crate::mnist::{Mnist, Split};
-use crate::store::{
-    EpochProgress, ModelRecord, ModelStore, OptimizerRecord, optimizer_tensors, restore_optimizer,
-};
-use crate::text_train::{device_name, rng_for};
-use crate::vae_infer::VaeRunner;
+use crate::run::rng_for;
+use crate::store::{ModelRecord, ModelSpec, ModelStore};
 use crate::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -222,6 +218,126 @@ fn evaluate(
     })
 }
 
+/// The VAE's part of a run: batches of images with their noise, validation and class
+/// means, the latent grid.
+struct VaeFit<'d> {
+    learner: Single<Vae>,
+    data: &'d Mnist,
+    train_count: usize,
+    val_count: usize,
+    grid_size: usize,
+    batch_size: usize,
+    seed: u64,
+    device: Device,
+    /// Sums of the loss terms over the steps this run did in the epoch, and their images.
+    rec_sum: f64,
+    kl_sum: f64,
+    parts_seen: usize,
+}
+
+impl EpochTechnique for VaeFit<'_> {
+    type Learner = Single<Vae>;
+    type Pending = (VaeLoss, usize);
+
+    fn learner(&self) -> &Single<Vae> {
+        &self.learner
+    }
+
+    fn begin_epoch(&mut self) {
+        (self.rec_sum, self.kl_sum, self.parts_seen) = (0.0, 0.0, 0);
+    }
+
+    fn forward(
+        &mut self,
+        epoch: u32,
+        step: usize,
+        idx: &[usize],
+    ) -> Result<(f32, (VaeLoss, usize))> {
+        let model = &self.learner.model;
+        let x = batch_tensor(&self.data.train, idx, &self.device)?;
+        let eps = noise(
+            self.seed,
+            epoch,
+            step as u64,
+            (idx.len(), model.config.latent_dim),
+            &self.device,
+        )?;
+        let l = model.loss(&x, &eps)?;
+        let value = l.total.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        Ok((value, (l, idx.len())))
+    }
+
+    fn update(&mut self, (l, n): (VaeLoss, usize)) -> Result<()> {
+        self.learner.opt.step(&l.total.backward()?)?;
+        let w = n as f64;
+        self.rec_sum += l.reconstruction.to_dtype(DType::F64)?.to_scalar::<f64>()? * w;
+        self.kl_sum += l.kl.to_dtype(DType::F64)?.to_scalar::<f64>()? * w;
+        self.parts_seen += n;
+        Ok(())
+    }
+
+    fn evaluate(
+        &mut self,
+        fitting: &mut Fitting,
+        epoch: u32,
+    ) -> Result<(Option<f32>, Option<LossParts>)> {
+        // Validation on the test split (the book's validation_data); without one, the
+        // class means come from (up to 10,000) training images.
+        let (eval_split, eval_count) = if self.val_count > 0 {
+            (&self.data.test, self.val_count)
+        } else {
+            (&self.data.train, self.train_count.min(10_000))
+        };
+        let eval = evaluate(
+            &self.learner.model,
+            eval_split,
+            eval_count,
+            self.seed,
+            epoch,
+            &self.device,
+        )?;
+        let parts_n = self.parts_seen.max(1) as f64;
+        let validated = self.val_count > 0;
+        if let ModelSpec::Vae { class_means, .. } = &mut fitting.record.spec {
+            *class_means = Some(eval.class_means);
+        }
+        Ok((
+            validated.then_some(eval.loss),
+            Some(LossParts {
+                // Of the steps this run did (a resumed epoch's earlier steps are in
+                // `loss` only).
+                reconstruction: (self.rec_sum / parts_n) as f32,
+                kl: (self.kl_sum / parts_n) as f32,
+                val_reconstruction: validated.then_some(eval.reconstruction),
+                val_kl: validated.then_some(eval.kl),
+            }),
+        ))
+    }
+
+    fn after_checkpoint(&mut self, fitting: &mut Fitting, epoch: u32) -> Result<()> {
+        if self.grid_size == 0 {
+            return Ok(());
+        }
+        let model = &self.learner.model;
+        let runner = VaeRunner::new(
+            Vae::from_tensors(
+                model.config.clone(),
+                &model.tensors().into_iter().collect(),
+                &self.device,
+            )?,
+            fitting.record.class_means().map(<[_]>::to_vec),
+        );
+        let png = runner.grid_png(self.grid_size)?;
+        let steps_per_epoch = self.train_count.div_ceil(self.batch_size) as u32;
+        fitting.send(TrainEvent::Image {
+            epoch,
+            step: steps_per_epoch,
+            caption: format!("latent grid {0}×{0}", self.grid_size),
+            png,
+        })
+    }
+}
+
 /// Trains VAE `name` of `store` on `data` for `opts.epochs` more epochs, checkpointing after
 /// every epoch (and every `checkpoint_every_steps`). A stop request checkpoints the steps done;
 /// a non-finite or exploding loss stops the run and keeps the last good checkpoint.
@@ -234,9 +350,8 @@ pub fn train_vae(
     sink: &mut dyn EventSink,
 ) -> Result<ModelRecord> {
     opts.validate()?;
-    let run_start = Instant::now();
-    let mut record = store.load(name)?;
-    let cfg = record.vae_config()?.clone();
+    let mut fitting = Fitting::open(store, name, opts.seed, device, sink)?;
+    let cfg = fitting.record.vae_config()?.clone();
     check_split(&data.train, "training")?;
     let limit = |n: usize, max: usize| if max == 0 { n } else { n.min(max) };
     let train_count = limit(data.train.count, opts.max_train_images);
@@ -247,14 +362,9 @@ pub fn train_vae(
     if val_count > 0 {
         check_split(&data.test, "validation")?;
     }
-    let seed = opts
-        .seed
-        .or(record.seed)
-        .unwrap_or_else(|| rand::rng().random());
+    let seed = fitting.seed;
 
-    let (model, saved_opt) = store.resume_or_create(
-        &record,
-        device,
+    let (model, saved_opt) = fitting.resume_or_create(
         |w| Vae::from_tensors(cfg.clone(), w, device),
         || {
             Ok(Vae::new_random(
@@ -264,271 +374,48 @@ pub fn train_vae(
             )?)
         },
     )?;
-    let learning_rate = opts
-        .learning_rate
-        .or(record.optimizer.as_ref().map(|o| o.learning_rate))
-        .unwrap_or(DEFAULT_LEARNING_RATE);
-    let mut opt = RmsProp::new(
-        model.vars(),
-        RmsPropConfig {
-            learning_rate,
-            ..Default::default()
-        },
+    let vars = model.vars();
+    let learner = fitting.single_optimizer(
+        model,
+        vars,
+        Vae::tensors,
+        saved_opt,
+        opts.learning_rate,
+        DEFAULT_LEARNING_RATE,
     )?;
-    if let (Some(state), Some(saved)) = (saved_opt, &record.optimizer) {
-        restore_optimizer(
-            &state,
-            "",
-            &model.tensors(),
-            &mut opt,
-            saved.iterations,
-            name,
-        )?;
-    }
-    if record.seed.is_none() {
-        record.seed = Some(seed);
-        record.parameters = model.parameter_count() as u64;
+    if fitting.record.seed.is_none() {
+        fitting.record.seed = Some(seed);
+        fitting.record.parameters = learner.model.parameter_count() as u64;
     }
 
-    let steps_per_epoch = train_count.div_ceil(opts.batch_size) as u32;
-    let resume = record
-        .progress
-        .clone()
-        .filter(|p| p.epoch == record.epochs_trained + 1)
-        .filter(|p| {
-            let same =
-                p.batch_size == opts.batch_size as u64 && p.train_sequences == train_count as u64;
-            if !same {
-                tracing::warn!(
-                    model = name,
-                    "the partial epoch was run with other batches; restarting it"
-                );
-            }
-            same
-        });
-    let first_epoch = record.epochs_trained + 1;
-    let last_epoch = record.epochs_trained + opts.epochs;
-    let cancelled = |s: crate::Stop| Error::Cancelled(s.0);
-    sink.send(TrainEvent::Started {
-        model: name.to_string(),
-        device: device_name(device),
-        first_epoch,
+    let plan = EpochPlan {
         epochs: opts.epochs,
-        first_step: resume.as_ref().map_or(0, |p| p.step),
-        steps_per_epoch,
-        train_sequences: train_count as u64,
-        validation_sequences: val_count as u64,
-        vocab_size: 0,
-    })
-    .map_err(cancelled)?;
-
-    let save = |record: &mut ModelRecord, model: &Vae, opt: &RmsProp| -> Result<String> {
-        record.optimizer = Some(OptimizerRecord {
-            learning_rate,
-            rho: opt.config.rho,
-            epsilon: opt.config.epsilon,
-            iterations: opt.iterations,
-        });
-        let weights = model.tensors();
-        store.save_checkpoint(record, &weights, &optimizer_tensors("", &weights, opt))
-    };
-    let diverged = |epoch: u32, what: String, record: &ModelRecord| {
-        Error::Diverged(format!(
-            "training diverged at epoch {epoch}: {what}; stopped, and the model stays at its last good checkpoint ({})",
-            record.checkpoint.as_deref().unwrap_or("none yet")
-        ))
-    };
-    let progress = |epoch: u32, step: usize, loss_sum: f64, seen: usize| EpochProgress {
-        epoch,
-        step: step as u32,
-        loss_sum,
-        seen: seen as u64,
-        batch_size: opts.batch_size as u64,
-        train_sequences: train_count as u64,
-    };
-
-    let mut order: Vec<usize> = (0..train_count).collect();
-    let mut last_loss = f32::NAN;
-    for epoch in first_epoch..=last_epoch {
-        let epoch_start = Instant::now();
-        order.sort_unstable();
-        order.shuffle(&mut rng_for(seed, epoch, 2));
-        let partial = resume.as_ref().filter(|p| p.epoch == epoch);
-        let skip = partial.map_or(0, |p| p.step as usize);
-        let mut loss_sum = partial.map_or(0.0, |p| p.loss_sum);
-        let mut seen = partial.map_or(0, |p| p.seen as usize);
-        let (mut rec_sum, mut kl_sum, mut parts_seen) = (0f64, 0f64, 0usize);
-        let mut seen_here = 0usize;
+        batch_size: opts.batch_size,
+        examples: (0..train_count).collect(),
+        validation_examples: val_count as u64,
+        checkpoint_every_steps: opts.checkpoint_every_steps,
         // The VAE's loss has isolated one-batch spikes (the book's `exp(z_log_var)` noise
         // scale can blow up for one image and recover on the next step); a divergence is
         // a run of batches over the limit, and an epoch whose median batch is.
-        let mut over = 0usize;
-        let mut batch_losses = Vec::with_capacity(steps_per_epoch as usize);
-        let mut saved_at = skip;
-        let best = record.loss_history.iter().copied().reduce(f32::min);
-        for (step, idx) in order.chunks(opts.batch_size).enumerate().skip(skip) {
-            if let Some(stop) = sink.should_stop() {
-                if step > saved_at {
-                    record.progress = Some(progress(epoch, step, loss_sum, seen));
-                    let checkpoint = save(&mut record, &model, &opt)?;
-                    let _ = sink.send(TrainEvent::Checkpoint {
-                        epoch,
-                        step: step as u32,
-                        checkpoint,
-                    });
-                }
-                return Err(Error::Cancelled(stop.0));
-            }
-            let x = batch_tensor(&data.train, idx, device)?;
-            let eps = noise(
-                seed,
-                epoch,
-                step as u64,
-                (idx.len(), cfg.latent_dim),
-                device,
-            )?;
-            let l = model.loss(&x, &eps)?;
-            let value = l.total.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-            if !value.is_finite() {
-                return Err(diverged(
-                    epoch,
-                    format!("the loss became {value} at step {}", step + 1),
-                    &record,
-                ));
-            }
-            batch_losses.push(value);
-            let limit = best
-                .map(|b| opts.divergence_factor * b)
-                .filter(|_| opts.divergence_factor > 0.0);
-            over = if limit.is_some_and(|l| value > l) {
-                over + 1
-            } else {
-                0
-            };
-            if over >= DIVERGED_RUN {
-                return Err(diverged(
-                    epoch,
-                    format!(
-                        "{DIVERGED_RUN} batches in a row up to step {} had a loss over {}× the best epoch loss {:.4} (last {value:.4})",
-                        step + 1,
-                        opts.divergence_factor,
-                        best.unwrap_or_default()
-                    ),
-                    &record,
-                ));
-            }
-            opt.step(&l.total.backward()?)?;
-            let w = idx.len() as f64;
-            loss_sum += value as f64 * w;
-            rec_sum += l.reconstruction.to_dtype(DType::F64)?.to_scalar::<f64>()? * w;
-            kl_sum += l.kl.to_dtype(DType::F64)?.to_scalar::<f64>()? * w;
-            parts_seen += idx.len();
-            seen += idx.len();
-            seen_here += idx.len();
-            let rate = seen_here as f32 / epoch_start.elapsed().as_secs_f32().max(1e-6);
-            sink.send(TrainEvent::Batch {
-                epoch,
-                step: step as u32 + 1,
-                steps_per_epoch,
-                loss: value,
-                sequences_per_second: rate,
-            })
-            .map_err(cancelled)?;
-            let done = step + 1;
-            if opts.checkpoint_every_steps > 0
-                && done % opts.checkpoint_every_steps as usize == 0
-                && done < steps_per_epoch as usize
-            {
-                record.progress = Some(progress(epoch, done, loss_sum, seen));
-                let checkpoint = save(&mut record, &model, &opt)?;
-                saved_at = done;
-                sink.send(TrainEvent::Checkpoint {
-                    epoch,
-                    step: done as u32,
-                    checkpoint,
-                })
-                .map_err(cancelled)?;
-            }
-        }
-        last_loss = (loss_sum / seen as f64) as f32;
-        batch_losses.sort_by(f32::total_cmp);
-        let median = batch_losses.get(batch_losses.len() / 2).copied();
-        if let (Some(best), Some(median)) = (best, median)
-            && opts.divergence_factor > 0.0
-            && median > opts.divergence_factor * best
-        {
-            return Err(diverged(
-                epoch,
-                format!(
-                    "the epoch's median batch loss {median:.4} is over {}× the best epoch loss {best:.4}",
-                    opts.divergence_factor
-                ),
-                &record,
-            ));
-        }
-        // Validation on the test split (the book's validation_data); without one, the
-        // class means come from (up to 10,000) training images.
-        let (eval_split, eval_count) = if val_count > 0 {
-            (&data.test, val_count)
-        } else {
-            (&data.train, train_count.min(10_000))
-        };
-        let eval = evaluate(&model, eval_split, eval_count, seed, epoch, device)?;
-        let parts_n = parts_seen.max(1) as f64;
-        let seconds = epoch_start.elapsed().as_secs_f32();
-        sink.send(TrainEvent::EpochEnd {
-            epoch,
-            loss: last_loss,
-            val_loss: (val_count > 0).then_some(eval.loss),
-            seconds,
-            parts: Some(LossParts {
-                // Of the steps this run did (a resumed epoch's earlier steps are in
-                // `loss` only).
-                reconstruction: (rec_sum / parts_n) as f32,
-                kl: (kl_sum / parts_n) as f32,
-                val_reconstruction: (val_count > 0).then_some(eval.reconstruction),
-                val_kl: (val_count > 0).then_some(eval.kl),
-            }),
-        })
-        .map_err(cancelled)?;
-
-        record.epochs_trained = epoch;
-        record.progress = None;
-        record.loss_history.push(last_loss);
-        if val_count > 0 {
-            record.val_loss_history.push(eval.loss);
-        }
-        record.class_means = Some(eval.class_means);
-        let checkpoint = save(&mut record, &model, &opt)?;
-        sink.send(TrainEvent::Checkpoint {
-            epoch,
-            step: steps_per_epoch,
-            checkpoint,
-        })
-        .map_err(cancelled)?;
-
-        if opts.grid_size > 0 {
-            let runner = VaeRunner::new(
-                Vae::from_tensors(cfg.clone(), &model.tensors().into_iter().collect(), device)?,
-                record.class_means.clone(),
-            );
-            let png = runner.grid_png(opts.grid_size)?;
-            sink.send(TrainEvent::Image {
-                epoch,
-                step: steps_per_epoch,
-                caption: format!("latent grid {0}×{0}", opts.grid_size),
-                png,
-            })
-            .map_err(cancelled)?;
-        }
-    }
-    sink.send(TrainEvent::Finished {
-        epochs_trained: record.epochs_trained,
-        final_loss: last_loss,
-        seconds: run_start.elapsed().as_secs_f32(),
-    })
-    .map_err(cancelled)?;
-    Ok(record)
+        spikes: Spikes::RunOf(DIVERGED_RUN),
+        divergence_factor: opts.divergence_factor,
+        vocab_size: None,
+    };
+    let mut technique = VaeFit {
+        learner,
+        data,
+        train_count,
+        val_count,
+        grid_size: opts.grid_size,
+        batch_size: opts.batch_size,
+        seed,
+        device: device.clone(),
+        rec_sum: 0.0,
+        kl_sum: 0.0,
+        parts_seen: 0,
+    };
+    let last_loss = fit_epochs(&mut fitting, &plan, &mut technique)?;
+    fitting.finish(last_loss)
 }
 
 #[cfg(test)]
@@ -596,7 +483,7 @@ mod tests {
         // Neighbouring grid cells decode to closer images than random pairs of cells.
         let runner = VaeRunner::load(&store, &record, &dev)?;
         let n = 8;
-        let q = crate::vae_infer::grid_coordinates(n);
+        let q = crate::vae::infer::grid_coordinates(n);
         let points: Vec<Vec<f32>> = q
             .iter()
             .flat_map(|&y| q.iter().map(move |&x| vec![x, y]))
@@ -641,7 +528,7 @@ mod tests {
             .collect();
         let moved = runner.apply_concept(&one, &v, 1.0)?;
         let z_moved = runner.encode(&[moved])?.remove(0).0;
-        let means = record.class_means.as_ref().unwrap();
+        let means = record.class_means().unwrap();
         let d = |z: &[f32], m: &[f32]| z.iter().zip(m).map(|(a, b)| (a - b).powi(2)).sum::<f32>();
         assert!(d(&z_moved, &means[0]) < d(&z_moved, &means[1]));
         let frames = runner.morph(&one, &one, 4)?;

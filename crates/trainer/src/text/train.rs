@@ -2,21 +2,16 @@
 //! categorical cross-entropy, Keras RMSprop; after every epoch a checkpoint and samples
 //! at several temperatures.
 
-use std::time::Instant;
-
 use candle_core::{DType, Device, Tensor};
 use oneiro_models::CharLstm;
-use oneiro_tensor_ops::{RmsProp, RmsPropConfig};
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
 
-use crate::events::{EventSink, TrainEvent};
-use crate::store::{
-    EpochProgress, ModelRecord, ModelStore, OptimizerRecord, optimizer_tensors, restore_optimizer,
-};
-use crate::text_data::CharCorpus;
-use crate::text_generate::{CharGenerator, validate_temperature};
+use super::data::CharCorpus;
+use super::generate::{CharGenerator, validate_temperature};
+use crate::events::{EventSink, LossParts, TrainEvent};
+use crate::fit::{EpochPlan, EpochTechnique, Fitting, Single, Spikes, fit_epochs};
+use crate::run::rng_for;
+use crate::store::{ModelRecord, ModelSpec, ModelStore};
 use crate::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -88,14 +83,6 @@ impl TextTrainOptions {
 
 const DEFAULT_LEARNING_RATE: f64 = 0.01;
 
-/// A distinct, reproducible stream for each (seed, epoch, purpose): continuing a model
-/// for more epochs draws what one longer run would have drawn.
-pub(crate) fn rng_for(seed: u64, epoch: u32, purpose: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(((epoch as u64) << 8) | purpose);
-    rng
-}
-
 /// Mean cross-entropy of `windows` (no gradients), in batches.
 fn evaluate(
     model: &CharLstm,
@@ -116,6 +103,96 @@ fn evaluate(
     Ok((total / windows.len() as f64) as f32)
 }
 
+/// The character model's part of a run: batches of windows, validation, samples.
+struct TextFit<'c> {
+    learner: Single<CharLstm>,
+    corpus: &'c CharCorpus,
+    validation: Vec<usize>,
+    opts: &'c TextTrainOptions,
+    device: Device,
+    ids: Vec<u32>,
+    targets: Vec<u32>,
+}
+
+impl EpochTechnique for TextFit<'_> {
+    type Learner = Single<CharLstm>;
+    type Pending = Tensor;
+
+    fn learner(&self) -> &Single<CharLstm> {
+        &self.learner
+    }
+
+    fn forward(&mut self, _epoch: u32, _step: usize, ws: &[usize]) -> Result<(f32, Tensor)> {
+        let corpus = self.corpus;
+        corpus.fill_batch(ws, &mut self.ids, &mut self.targets);
+        let x = Tensor::from_slice(&self.ids, (ws.len(), corpus.maxlen), &self.device)?;
+        let y = Tensor::from_slice(&self.targets, ws.len(), &self.device)?;
+        let loss = candle_nn::loss::cross_entropy(&self.learner.model.forward(&x, true)?, &y)?;
+        let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        Ok((value, loss))
+    }
+
+    fn update(&mut self, loss: Tensor) -> Result<()> {
+        self.learner.opt.step(&loss.backward()?)?;
+        Ok(())
+    }
+
+    fn evaluate(
+        &mut self,
+        _fitting: &mut Fitting,
+        _epoch: u32,
+    ) -> Result<(Option<f32>, Option<LossParts>)> {
+        if self.validation.is_empty() {
+            return Ok((None, None));
+        }
+        let loss = evaluate(
+            &self.learner.model,
+            self.corpus,
+            &self.validation,
+            self.opts.batch_size,
+            &self.device,
+        )?;
+        Ok((Some(loss), None))
+    }
+
+    fn after_checkpoint(&mut self, fitting: &mut Fitting, epoch: u32) -> Result<()> {
+        let opts = self.opts;
+        if opts.sample_temperatures.is_empty() || opts.sample_length == 0 {
+            return Ok(());
+        }
+        let corpus = self.corpus;
+        let cfg = fitting.record.text_config()?;
+        let generator = CharGenerator::new(
+            CharLstm::from_tensors(
+                &self.learner.tensors().into_iter().collect(),
+                corpus.vocab.len(),
+                cfg.hidden,
+                &self.device,
+            )?,
+            corpus.vocab.clone(),
+            cfg.maxlen,
+            cfg.lowercase,
+        )?;
+        let mut rng = rng_for(fitting.seed, epoch, 3);
+        let (seed_ids, _) = corpus.window(rng.random_range(0..corpus.window_count()));
+        let seed_text = corpus.decode(seed_ids);
+        for &temperature in &opts.sample_temperatures {
+            if let Some(stop) = fitting.sink.should_stop() {
+                return Err(stop.into());
+            }
+            let text =
+                generator.generate_string(seed_ids, temperature, opts.sample_length, &mut rng)?;
+            fitting.send(TrainEvent::Sample {
+                epoch,
+                temperature,
+                seed_text: seed_text.clone(),
+                text,
+            })?;
+        }
+        Ok(())
+    }
+}
+
 /// Trains model `name` of `store` on `text` for `opts.epochs` more epochs, on `device`,
 /// checkpointing after every epoch. Stops without saving the partial epoch when the sink
 /// asks to; a non-finite loss stops the run and keeps the last good checkpoint.
@@ -128,20 +205,14 @@ pub fn train_char_lstm(
     sink: &mut dyn EventSink,
 ) -> Result<ModelRecord> {
     opts.validate()?;
-    let run_start = Instant::now();
-    let mut record = store.load(name)?;
-    let cfg = record.text_config()?.clone();
-    let corpus = CharCorpus::prepare(text, &cfg, record.vocabulary().as_ref())?;
+    let mut fitting = Fitting::open(store, name, opts.seed, device, sink)?;
+    let cfg = fitting.record.text_config()?.clone();
+    let corpus = CharCorpus::prepare(text, &cfg, fitting.record.vocabulary().as_ref())?;
     let (train_ws, val_ws) = corpus.split(opts.validation_split)?;
-    let seed = opts
-        .seed
-        .or(record.seed)
-        .unwrap_or_else(|| rand::rng().random());
+    let seed = fitting.seed;
     let vocab = corpus.vocab.len();
 
-    let (model, saved_opt) = store.resume_or_create(
-        &record,
-        device,
+    let (model, saved_opt) = fitting.resume_or_create(
         |w| CharLstm::from_tensors(w, vocab, cfg.hidden, device),
         || {
             Ok(CharLstm::new_random(
@@ -152,292 +223,63 @@ pub fn train_char_lstm(
             )?)
         },
     )?;
-    let learning_rate = opts
-        .learning_rate
-        .or(record.optimizer.as_ref().map(|o| o.learning_rate))
-        .unwrap_or(DEFAULT_LEARNING_RATE);
-    let mut opt = RmsProp::new(
-        model.vars(),
-        RmsPropConfig {
-            learning_rate,
-            ..Default::default()
-        },
+    let vars = model.vars();
+    let learner = fitting.single_optimizer(
+        model,
+        vars,
+        CharLstm::tensors,
+        saved_opt,
+        opts.learning_rate,
+        DEFAULT_LEARNING_RATE,
     )?;
-    if let (Some(state), Some(saved)) = (saved_opt, &record.optimizer) {
-        restore_optimizer(
-            &state,
-            "",
-            &model.tensors(),
-            &mut opt,
-            saved.iterations,
-            name,
-        )?;
-    }
-    if record.vocab.is_none() {
-        record.vocab = Some(corpus.vocab.chars().to_vec());
+    let parameters = learner.model.parameter_count() as u64;
+    let record = &mut fitting.record;
+    if let ModelSpec::CharLstm {
+        vocab: saved_vocab @ None,
+        seed_text,
+        ..
+    } = &mut record.spec
+    {
+        *saved_vocab = Some(corpus.vocab.chars().to_vec());
         record.seed = Some(seed);
-        record.parameters = model.parameter_count() as u64;
+        record.parameters = parameters;
         let mut rng = rng_for(seed, 0, 1);
         let w = rng.random_range(0..corpus.window_count());
-        record.seed_text = Some(corpus.decode(corpus.window(w).0));
+        *seed_text = Some(corpus.decode(corpus.window(w).0));
     }
 
-    let steps_per_epoch = train_ws.len().div_ceil(opts.batch_size) as u32;
-    // A checkpoint taken inside an epoch resumes that epoch at the next step, with the
-    // same data order (derived from the seed and the epoch number).
-    let resume = record
-        .progress
-        .clone()
-        .filter(|p| p.epoch == record.epochs_trained + 1);
-    // Continue a partial epoch only with the same batches; otherwise it restarts.
-    let resume = resume.filter(|p| {
-        let same =
-            p.batch_size == opts.batch_size as u64 && p.train_sequences == train_ws.len() as u64;
-        if !same {
-            tracing::warn!(
-                model = name,
-                "the partial epoch was run with other batches; restarting it"
-            );
-        }
-        same
-    });
-    let first_epoch = record.epochs_trained + 1;
-    let last_epoch = record.epochs_trained + opts.epochs;
-    sink.send(TrainEvent::Started {
-        model: name.to_string(),
-        device: device_name(device),
-        first_epoch,
+    let plan = EpochPlan {
         epochs: opts.epochs,
-        first_step: resume.as_ref().map_or(0, |p| p.step),
-        steps_per_epoch,
-        train_sequences: train_ws.len() as u64,
-        validation_sequences: val_ws.len() as u64,
-        vocab_size: vocab as u32,
-    })
-    .map_err(|s| Error::Cancelled(s.0))?;
-
-    let save = |record: &mut ModelRecord, model: &CharLstm, opt: &RmsProp| -> Result<String> {
-        record.optimizer = Some(OptimizerRecord {
-            learning_rate,
-            rho: opt.config.rho,
-            epsilon: opt.config.epsilon,
-            iterations: opt.iterations,
-        });
-        let weights = model.tensors();
-        store.save_checkpoint(record, &weights, &optimizer_tensors("", &weights, opt))
+        batch_size: opts.batch_size,
+        examples: train_ws,
+        validation_examples: val_ws.len() as u64,
+        checkpoint_every_steps: opts.checkpoint_every_steps,
+        spikes: Spikes::Smoothed {
+            batch_size: opts.batch_size,
+        },
+        divergence_factor: opts.divergence_factor,
+        vocab_size: Some(vocab as u32),
     };
-    let best_loss = |record: &ModelRecord| record.loss_history.iter().copied().reduce(f32::min);
-    let diverged = |epoch: u32, what: String, record: &ModelRecord| {
-        Error::Diverged(format!(
-            "training diverged at epoch {epoch}: {what}; stopped, and the model stays at its last good checkpoint ({})",
-            record.checkpoint.as_deref().unwrap_or("none yet")
-        ))
+    let mut technique = TextFit {
+        learner,
+        corpus: &corpus,
+        validation: val_ws,
+        opts,
+        device: device.clone(),
+        ids: Vec::new(),
+        targets: Vec::new(),
     };
-
-    let (mut ids, mut targets) = (Vec::new(), Vec::new());
-    let mut order = train_ws.clone();
-    let mut last_loss = f32::NAN;
-    for epoch in first_epoch..=last_epoch {
-        let epoch_start = Instant::now();
-        order.copy_from_slice(&train_ws);
-        order.shuffle(&mut rng_for(seed, epoch, 2));
-        let partial = resume.as_ref().filter(|p| p.epoch == epoch);
-        let skip = partial.map_or(0, |p| p.step as usize);
-        let mut loss_sum = partial.map_or(0.0, |p| p.loss_sum);
-        let mut seen = partial.map_or(0, |p| p.seen as usize);
-        let mut seen_here = 0usize;
-        let mut ema: Option<f32> = None;
-        let mut saved_at = skip;
-        let best = best_loss(&record);
-        for (step, ws) in order.chunks(opts.batch_size).enumerate().skip(skip) {
-            if let Some(stop) = sink.should_stop() {
-                // Keep every step done so far: the run resumes here.
-                if step > saved_at {
-                    record.progress = Some(EpochProgress {
-                        epoch,
-                        step: step as u32,
-                        loss_sum,
-                        seen: seen as u64,
-                        batch_size: opts.batch_size as u64,
-                        train_sequences: train_ws.len() as u64,
-                    });
-                    let checkpoint = save(&mut record, &model, &opt)?;
-                    let _ = sink.send(TrainEvent::Checkpoint {
-                        epoch,
-                        step: step as u32,
-                        checkpoint,
-                    });
-                }
-                return Err(Error::Cancelled(stop.0));
-            }
-            corpus.fill_batch(ws, &mut ids, &mut targets);
-            let x = Tensor::from_slice(&ids, (ws.len(), cfg.maxlen), device)?;
-            let y = Tensor::from_slice(&targets, ws.len(), device)?;
-            let loss = candle_nn::loss::cross_entropy(&model.forward(&x, true)?, &y)?;
-            let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-            if !value.is_finite() {
-                return Err(diverged(
-                    epoch,
-                    format!("the loss became {value} at step {}", step + 1),
-                    &record,
-                ));
-            }
-            // A smoothed batch loss far above the best epoch so far is an explosion in
-            // progress: stop before it reaches a checkpoint.
-            let smooth = ema.map_or(value, |e| 0.9 * e + 0.1 * value);
-            ema = Some(smooth);
-            if let Some(best) = best
-                && opts.divergence_factor > 0.0
-                && seen_here >= 10 * opts.batch_size
-                && smooth > opts.divergence_factor * best
-            {
-                return Err(diverged(
-                    epoch,
-                    format!(
-                        "the smoothed batch loss {smooth:.4} at step {} is over {}× the best epoch loss {best:.4}",
-                        step + 1,
-                        opts.divergence_factor
-                    ),
-                    &record,
-                ));
-            }
-            opt.step(&loss.backward()?)?;
-            loss_sum += value as f64 * ws.len() as f64;
-            seen += ws.len();
-            seen_here += ws.len();
-            let rate = seen_here as f32 / epoch_start.elapsed().as_secs_f32().max(1e-6);
-            sink.send(TrainEvent::Batch {
-                epoch,
-                step: step as u32 + 1,
-                steps_per_epoch,
-                loss: value,
-                sequences_per_second: rate,
-            })
-            .map_err(|s| Error::Cancelled(s.0))?;
-            let done = step + 1;
-            if opts.checkpoint_every_steps > 0
-                && done % opts.checkpoint_every_steps as usize == 0
-                && done < steps_per_epoch as usize
-            {
-                record.progress = Some(EpochProgress {
-                    epoch,
-                    step: done as u32,
-                    loss_sum,
-                    seen: seen as u64,
-                    batch_size: opts.batch_size as u64,
-                    train_sequences: train_ws.len() as u64,
-                });
-                let checkpoint = save(&mut record, &model, &opt)?;
-                saved_at = done;
-                sink.send(TrainEvent::Checkpoint {
-                    epoch,
-                    step: done as u32,
-                    checkpoint,
-                })
-                .map_err(|s| Error::Cancelled(s.0))?;
-            }
-        }
-        last_loss = (loss_sum / seen as f64) as f32;
-        if let Some(best) = best
-            && opts.divergence_factor > 0.0
-            && last_loss > opts.divergence_factor * best
-        {
-            return Err(diverged(
-                epoch,
-                format!(
-                    "the epoch loss {last_loss:.4} is over {}× the best epoch loss {best:.4}",
-                    opts.divergence_factor
-                ),
-                &record,
-            ));
-        }
-        let val_loss = if val_ws.is_empty() {
-            None
-        } else {
-            Some(evaluate(&model, &corpus, &val_ws, opts.batch_size, device)?)
-        };
-        let seconds = epoch_start.elapsed().as_secs_f32();
-        sink.send(TrainEvent::EpochEnd {
-            epoch,
-            loss: last_loss,
-            val_loss,
-            seconds,
-            parts: None,
-        })
-        .map_err(|s| Error::Cancelled(s.0))?;
-
-        record.epochs_trained = epoch;
-        record.progress = None;
-        record.loss_history.push(last_loss);
-        if let Some(v) = val_loss {
-            record.val_loss_history.push(v);
-        }
-        let checkpoint = save(&mut record, &model, &opt)?;
-        sink.send(TrainEvent::Checkpoint {
-            epoch,
-            step: steps_per_epoch,
-            checkpoint,
-        })
-        .map_err(|s| Error::Cancelled(s.0))?;
-
-        if !opts.sample_temperatures.is_empty() && opts.sample_length > 0 {
-            let generator = CharGenerator::new(
-                CharLstm::from_tensors(
-                    &model.tensors().into_iter().collect(),
-                    vocab,
-                    cfg.hidden,
-                    device,
-                )?,
-                corpus.vocab.clone(),
-                cfg.maxlen,
-                cfg.lowercase,
-            )?;
-            let mut rng = rng_for(seed, epoch, 3);
-            let (seed_ids, _) = corpus.window(rng.random_range(0..corpus.window_count()));
-            let seed_text = corpus.decode(seed_ids);
-            for &temperature in &opts.sample_temperatures {
-                if let Some(stop) = sink.should_stop() {
-                    return Err(Error::Cancelled(stop.0));
-                }
-                let text = generator.generate_string(
-                    seed_ids,
-                    temperature,
-                    opts.sample_length,
-                    &mut rng,
-                )?;
-                sink.send(TrainEvent::Sample {
-                    epoch,
-                    temperature,
-                    seed_text: seed_text.clone(),
-                    text,
-                })
-                .map_err(|s| Error::Cancelled(s.0))?;
-            }
-        }
-    }
-    sink.send(TrainEvent::Finished {
-        epochs_trained: record.epochs_trained,
-        final_loss: last_loss,
-        seconds: run_start.elapsed().as_secs_f32(),
-    })
-    .map_err(|s| Error::Cancelled(s.0))?;
-    Ok(record)
-}
-
-/// `cpu` or `cuda:N`, as users write it.
-pub fn device_name(device: &Device) -> String {
-    match device.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-    }
+    let last_loss = fit_epochs(&mut fitting, &plan, &mut technique)?;
+    fitting.finish(last_loss)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Stop;
+    use crate::events::{Stop, Unit};
     use oneiro_models::CharLstmConfig;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
 
     fn setup(cfg: CharLstmConfig) -> (tempfile::TempDir, ModelStore) {
         let tmp = tempfile::tempdir().unwrap();
@@ -485,15 +327,18 @@ mod tests {
         assert!(matches!(
             events[0],
             TrainEvent::Started {
-                first_epoch: 1,
-                epochs: 8,
+                first: 1,
+                count: 8,
+                unit: Unit::Epochs,
+                vocab_size: Some(_),
                 ..
             }
         ));
         assert!(matches!(
             events.last(),
             Some(TrainEvent::Finished {
-                epochs_trained: 8,
+                units_trained: 8,
+                unit: Unit::Epochs,
                 ..
             })
         ));
@@ -567,7 +412,7 @@ mod tests {
         };
         let mut batches = 0;
         let err = train_char_lstm(&store, "m", &corpus(), &opts, &Device::Cpu, &mut |e| {
-            if matches!(e, TrainEvent::Batch { epoch: 2, .. }) {
+            if matches!(e, TrainEvent::Batch { epoch: Some(2), .. }) {
                 batches += 1;
                 if batches == 3 {
                     return Err(Stop("client went away".into()));
@@ -648,12 +493,10 @@ mod tests {
         let mut started = None;
         let resumed = train_char_lstm(&store_b, "m", &corpus(), &opts, &Device::Cpu, &mut |e| {
             if let TrainEvent::Started {
-                first_epoch,
-                first_step,
-                ..
+                first, first_step, ..
             } = e
             {
-                started = Some((first_epoch, first_step));
+                started = Some((first, first_step));
             }
             Ok(())
         })?;

@@ -11,8 +11,8 @@
 use candle_core::{DType, Device, Tensor, Var};
 use oneiro_models::{Preprocessing, Vgg19};
 
-use crate::dream::Planes;
-use crate::lbfgs::{Objective, minimize};
+use super::lbfgs::{Objective, minimize};
+use super::planes::Planes;
 use crate::{Error, Result};
 
 pub const CONTENT_LAYER: &str = "block5_conv2";
@@ -175,13 +175,13 @@ pub fn total_variation_loss(x: &Tensor) -> Result<Tensor> {
 
 /// The weighted parts of one evaluation.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct LossParts {
+pub struct StyleLoss {
     pub content: f64,
     pub style: f64,
     pub total_variation: f64,
 }
 
-impl LossParts {
+impl StyleLoss {
     pub fn total(&self) -> f64 {
         self.content + self.style + self.total_variation
     }
@@ -193,7 +193,7 @@ pub enum StyleEvent<'a> {
     /// A round finished: the best image so far and its loss.
     Round {
         round: usize,
-        loss: LossParts,
+        loss: StyleLoss,
         iterations: u64,
         evaluations: usize,
         image: &'a Planes,
@@ -278,9 +278,9 @@ impl<'a> Stylizer<'a> {
         Ok((total, [content, style, tv]))
     }
 
-    fn parts(parts: &[Tensor; 3]) -> Result<LossParts> {
+    fn parts(parts: &[Tensor; 3]) -> Result<StyleLoss> {
         let v = |t: &Tensor| -> Result<f64> { Ok(t.to_scalar::<f32>()? as f64) };
-        Ok(LossParts {
+        Ok(StyleLoss {
             content: v(&parts[0])?,
             style: v(&parts[1])?,
             total_variation: v(&parts[2])?,
@@ -288,7 +288,7 @@ impl<'a> Stylizer<'a> {
     }
 
     /// The loss of `pixels` and its parts, without a gradient.
-    pub fn loss_of(&self, pixels: &Planes) -> Result<LossParts> {
+    pub fn loss_of(&self, pixels: &Planes) -> Result<StyleLoss> {
         let (_, parts) = self.loss(&pixels.to_tensor(&self.device)?)?;
         Self::parts(&parts)
     }

@@ -117,7 +117,7 @@ impl VaeRunner {
         let (weights, _) = store.load_checkpoint(record, device)?;
         let model = Vae::from_tensors(cfg, &weights, device)
             .map_err(|e| Error::Corrupt(format!("model {:?}: {e}", record.name)))?;
-        Ok(Self::new(model, record.class_means.clone()))
+        Ok(Self::new(model, record.class_means().map(<[_]>::to_vec)))
     }
 
     pub fn latent_dim(&self) -> usize {
