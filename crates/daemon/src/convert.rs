@@ -1,7 +1,22 @@
-//! Training events from the trainer's types to the wire.
+//! The trainer's events and kinds on the wire.
 
 use oneiro_proto::v1 as pb;
-use oneiro_trainer::TrainEvent;
+use oneiro_trainer::{ModelKind, TrainEvent, Unit};
+
+pub fn model_kind(k: ModelKind) -> pb::ModelKind {
+    match k {
+        ModelKind::CharLstm => pb::ModelKind::CharLstm,
+        ModelKind::Vae => pb::ModelKind::Vae,
+        ModelKind::Gan => pb::ModelKind::Gan,
+    }
+}
+
+pub fn progress_unit(u: Unit) -> pb::ProgressUnit {
+    match u {
+        Unit::Epochs => pb::ProgressUnit::Epochs,
+        Unit::Steps => pb::ProgressUnit::Steps,
+    }
+}
 
 pub fn train_event(e: TrainEvent) -> pb::TrainEvent {
     use pb::train_event::Event;
@@ -9,37 +24,49 @@ pub fn train_event(e: TrainEvent) -> pb::TrainEvent {
         TrainEvent::Started {
             model,
             device,
-            first_epoch,
-            epochs,
+            kind,
+            unit,
+            first,
+            count,
             first_step,
             steps_per_epoch,
-            train_sequences,
-            validation_sequences,
+            train_examples,
+            validation_examples,
             vocab_size,
-        } => Event::Started(pb::TrainStarted {
-            model,
-            device,
-            first_epoch,
-            epochs,
-            first_step,
-            steps_per_epoch,
-            train_sequences,
-            validation_sequences,
-            vocab_size,
-            ..Default::default()
-        }),
+        } => {
+            // A run by steps (the GAN) keeps the shape daemons sent before `unit`
+            // existed, so older clients still draw its progress: one "epoch" whose
+            // steps are the model's steps.
+            let (first_epoch, epochs, first_step, steps_per_epoch) = match unit {
+                Unit::Epochs => (first, count, first_step, steps_per_epoch.unwrap_or(0)),
+                Unit::Steps => (1, 1, first - 1, first - 1 + count),
+            };
+            Event::Started(pb::TrainStarted {
+                model,
+                device,
+                first_epoch,
+                epochs,
+                first_step,
+                steps_per_epoch,
+                train_sequences: train_examples,
+                validation_sequences: validation_examples,
+                vocab_size: vocab_size.unwrap_or(0),
+                kind: model_kind(kind) as i32,
+                unit: progress_unit(unit) as i32,
+            })
+        }
         TrainEvent::Batch {
             epoch,
             step,
-            steps_per_epoch,
+            last_step,
             loss,
-            sequences_per_second,
+            rate,
         } => Event::Batch(pb::BatchProgress {
-            epoch,
+            epoch: epoch.unwrap_or(1),
             step,
-            steps_per_epoch,
+            steps_per_epoch: last_step,
             loss,
-            sequences_per_second,
+            sequences_per_second: rate,
         }),
         TrainEvent::EpochEnd {
             epoch,
@@ -105,19 +132,20 @@ pub fn train_event(e: TrainEvent) -> pb::TrainEvent {
             step,
             checkpoint,
         } => Event::Checkpoint(pb::CheckpointWritten {
-            epoch,
+            epoch: epoch.unwrap_or(1),
             checkpoint,
             step,
         }),
         TrainEvent::Finished {
-            epochs_trained,
+            unit,
+            units_trained,
             final_loss,
             seconds,
         } => Event::Finished(pb::TrainFinished {
-            epochs_trained,
+            epochs_trained: units_trained,
             final_loss,
             seconds,
-            ..Default::default()
+            unit: progress_unit(unit) as i32,
         }),
     };
     pb::TrainEvent {

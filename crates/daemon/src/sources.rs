@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use oneiro_models::Preprocessing;
 use oneiro_models::vae::SIDE as DIGIT_SIDE;
 use oneiro_proto::v1 as pb;
-use oneiro_trainer::backbones::{self, Network, ResolvedWeights, WeightsSpec};
 use oneiro_trainer::cifar::{self, ImageSet, ImageSource};
 use oneiro_trainer::hub::{self, HubOptions};
 use oneiro_trainer::imageio;
 use oneiro_trainer::mnist::{self, Mnist, MnistSource, Split};
+use oneiro_trainer::vision::backbones::{self, Network, ResolvedWeights, WeightsSpec};
 
 use crate::config::DaemonConfig;
 use crate::error::ServiceError;

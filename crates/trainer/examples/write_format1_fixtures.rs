@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use candle_core::Device;
 use oneiro_models::{CharLstmConfig, GanConfig, VaeConfig};
 use oneiro_trainer::events::{EventSink, Stop};
-use oneiro_trainer::gan_train::{GanTrainOptions, train_gan};
+use oneiro_trainer::gan::{GanTrainOptions, train_gan};
 use oneiro_trainer::mnist::{Mnist, synthetic};
-use oneiro_trainer::text_train::{TextTrainOptions, train_char_lstm};
-use oneiro_trainer::vae_train::{VaeTrainOptions, train_vae};
+use oneiro_trainer::text::{TextTrainOptions, train_char_lstm};
+use oneiro_trainer::vae::{VaeTrainOptions, train_vae};
 use oneiro_trainer::{ModelRecord, ModelStore, Result, TrainEvent};
 
 /// The corpus of the text fixtures; `tests/format1_compat.rs` continues on the same text.

@@ -85,7 +85,7 @@ pub fn run(cmd: &BenchCommand, device: DeviceSpec) -> Result<()> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()?;
-    let device = oneiro_trainer::text_train::device_name(&dev);
+    let device = oneiro_trainer::run::device_name(&dev);
     let version = env!("CARGO_PKG_VERSION");
     let line = match cmd {
         BenchCommand::TextTrain(a) => {

@@ -5,6 +5,7 @@ use clap::Subcommand;
 use oneiro_client::{Client, pb};
 use serde_json::{Value, json};
 
+use super::models::model_kind_name;
 use super::render::follow;
 use super::{enum_name, json_f32, print_json};
 
@@ -44,9 +45,10 @@ pub async fn run(client: &mut Client, cmd: JobsCommand) -> Result<()> {
             for j in jobs {
                 let loss = j.last_loss.map_or("-".into(), |l| format!("{l:.4}"));
                 println!(
-                    "{}  {:<12} {:<20} epoch {}/{} step {}/{}  loss {}  {}",
+                    "{}  {:<12} {:<9} {:<20} epoch {}/{} step {}/{}  loss {}  {}",
                     j.job_id,
                     state_name(j.state),
+                    model_kind_name(j.kind),
                     j.model,
                     j.epoch,
                     j.target_epoch,
@@ -82,10 +84,21 @@ fn state_name(state: i32) -> String {
         .unwrap_or_default()
 }
 
+/// "epochs", "steps"; empty from a daemon that does not say.
+fn unit_name(unit: i32) -> String {
+    pb::ProgressUnit::try_from(unit)
+        .ok()
+        .filter(|u| *u != pb::ProgressUnit::Unspecified)
+        .map(|u| enum_name(u.as_str_name(), "PROGRESS_UNIT_"))
+        .unwrap_or_default()
+}
+
 fn to_json(j: &pb::JobInfo) -> Value {
     json!({
         "job_id": j.job_id,
         "model": j.model,
+        "kind": model_kind_name(j.kind),
+        "unit": unit_name(j.unit),
         "state": state_name(j.state),
         "epoch": j.epoch,
         "target_epoch": j.target_epoch,

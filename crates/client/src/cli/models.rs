@@ -99,7 +99,16 @@ fn kind(m: &pb::ModelInfo) -> pb::ModelKind {
 }
 
 fn kind_name(m: &pb::ModelInfo) -> String {
-    enum_name(kind(m).as_str_name(), "MODEL_KIND_")
+    model_kind_name(m.kind)
+}
+
+/// "char_lstm", "vae", "gan"; empty for a kind this client does not know.
+pub(super) fn model_kind_name(kind: i32) -> String {
+    pb::ModelKind::try_from(kind)
+        .ok()
+        .filter(|k| *k != pb::ModelKind::Unspecified)
+        .map(|k| enum_name(k.as_str_name(), "MODEL_KIND_"))
+        .unwrap_or_default()
 }
 
 /// How far training got: GANs count adversarial steps, the others epochs.

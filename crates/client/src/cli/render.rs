@@ -42,7 +42,12 @@ pub async fn follow(
                 } else {
                     String::new()
                 };
-                if s.vocab_size == 0 {
+                // Daemons before the `kind` field sent vocabulary 0 for VAE and GAN.
+                let text = match pb::ModelKind::try_from(s.kind) {
+                    Ok(pb::ModelKind::Unspecified) | Err(_) => s.vocab_size > 0,
+                    Ok(kind) => kind == pb::ModelKind::CharLstm,
+                };
+                if !text {
                     eprintln!(
                         "training {} on {}: {} images ({} for validation), {} steps per epoch{resumed}",
                         s.model,
@@ -142,7 +147,11 @@ pub async fn follow(
             Some(Event::Checkpoint(c)) => {
                 tracing::info!(checkpoint = %c.checkpoint, step = c.step, "checkpoint written")
             }
-            Some(Event::Finished(f)) if f.epochs_trained == 0 => {
+            Some(Event::Finished(f))
+                if f.unit == pb::ProgressUnit::Steps as i32
+                    || (f.unit == pb::ProgressUnit::Unspecified as i32
+                        && f.epochs_trained == 0) =>
+            {
                 // A GAN job counts steps, reported by its progress events.
                 println!(
                     "done: final adversarial loss {:.4} ({:.1}s)",

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use oneiro_proto::v1 as pb;
 use oneiro_trainer::cifar::ImageSource;
-use oneiro_trainer::gan_train::GanTrainOptions;
+use oneiro_trainer::gan::GanTrainOptions;
 use oneiro_trainer::mnist::{Mnist, MnistSource};
-use oneiro_trainer::text_train::TextTrainOptions;
-use oneiro_trainer::vae_train::VaeTrainOptions;
+use oneiro_trainer::text::TextTrainOptions;
+use oneiro_trainer::vae::VaeTrainOptions;
 use serde::{Deserialize, Serialize};
 
 /// What a job trains, with which settings.

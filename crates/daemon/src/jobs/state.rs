@@ -250,7 +250,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oneiro_trainer::text_train::TextTrainOptions;
+    use oneiro_trainer::text::TextTrainOptions;
     use pb::train_event::Event;
 
     fn file() -> JobFile {

@@ -1,41 +1,35 @@
 //! Models of every kind: create, list, describe, delete, load and unload; and `Info`.
 
 use oneiro_proto::v1 as pb;
-use oneiro_trainer::ModelRecord;
-use oneiro_trainer::store::{ModelKind, validate_name};
+use oneiro_trainer::store::validate_name;
+use oneiro_trainer::{ModelRecord, ModelSpec};
 use tonic::{Response, Status};
 use tracing::info_span;
 
 use super::OneiroService;
+use crate::convert;
 use crate::error::ServiceError;
 use crate::techniques::{self, gan, text, vae};
 
 /// A model's description for the wire.
 pub fn model_info(r: &ModelRecord) -> pb::ModelInfo {
-    let kind = match r.kind {
-        ModelKind::CharLstm => pb::ModelKind::CharLstm,
-        ModelKind::Vae => pb::ModelKind::Vae,
-        ModelKind::Gan => pb::ModelKind::Gan,
-    };
-    let config = match (&r.char_lstm, &r.vae, &r.gan) {
-        (Some(c), _, _) => Some(pb::model_info::Config::CharLstm(text::char_lstm_to_proto(
-            c,
-        ))),
-        (None, Some(v), _) => Some(pb::model_info::Config::Vae(vae::vae_to_proto(v))),
-        (None, None, Some(g)) => Some(pb::model_info::Config::Gan(gan::gan_to_proto(g))),
-        (None, None, None) => None,
+    let config = match &r.spec {
+        ModelSpec::CharLstm { config, .. } => {
+            pb::model_info::Config::CharLstm(text::char_lstm_to_proto(config))
+        }
+        ModelSpec::Vae { config, .. } => pb::model_info::Config::Vae(vae::vae_to_proto(config)),
+        ModelSpec::Gan { config, .. } => pb::model_info::Config::Gan(gan::gan_to_proto(config)),
     };
     pb::ModelInfo {
         name: r.name.clone(),
-        kind: kind as i32,
-        config,
-        steps_trained: r.steps_trained,
+        kind: convert::model_kind(r.kind()) as i32,
+        config: Some(config),
+        steps_trained: r.steps_trained(),
         classes_with_means: r
-            .class_means
-            .as_ref()
+            .class_means()
             .map_or(0, |m| m.iter().filter(|c| !c.is_empty()).count() as u32),
         epochs_trained: r.epochs_trained,
-        vocab_size: r.vocab.as_ref().map_or(0, |v| v.len() as u32),
+        vocab_size: r.vocab().map_or(0, |v| v.len() as u32),
         parameters: r.parameters,
         loss_history: r.loss_history.clone(),
         val_loss_history: r.val_loss_history.clone(),
@@ -66,7 +60,7 @@ impl OneiroService {
         &self,
         _: pb::InfoRequest,
     ) -> Result<Response<pb::InfoResponse>, Status> {
-        use oneiro_trainer::backbones::Network;
+        use oneiro_trainer::vision::backbones::Network;
         let resident = self.residency();
         Ok(Response::new(pb::InfoResponse {
             version: env!("CARGO_PKG_VERSION").into(),

@@ -3,9 +3,10 @@
 //! streamed back.
 
 use oneiro_proto::v1 as pb;
-use oneiro_trainer::backbones::{Network, ResolvedWeights};
-use oneiro_trainer::dream::{DreamEvent, DreamOptions, Dreamer, Planes, random_layers};
 use oneiro_trainer::imageio;
+use oneiro_trainer::vision::Planes;
+use oneiro_trainer::vision::backbones::{Network, ResolvedWeights};
+use oneiro_trainer::vision::dream::{DreamEvent, DreamOptions, Dreamer, random_layers};
 use tracing::info_span;
 
 use super::backbone;
@@ -102,7 +103,7 @@ impl DreamPlan {
         )?;
         let o = &self.options;
         let send = streaming_sender(events, |e| pb::DreamEvent { event: Some(e) });
-        let shapes = oneiro_trainer::dream::octave_shapes(
+        let shapes = oneiro_trainer::vision::dream::octave_shapes(
             self.image.height,
             self.image.width,
             o.octaves,

@@ -8,7 +8,7 @@ use oneiro_models::{Dcgan, GanConfig};
 use oneiro_proto::v1 as pb;
 use oneiro_trainer::cifar::{self, ImageSet, ImageSource};
 use oneiro_trainer::events::EventSink;
-use oneiro_trainer::gan_train::{GanTrainOptions, grid_png, latents, train_gan};
+use oneiro_trainer::gan::{GanTrainOptions, grid_png, latents, train_gan};
 use oneiro_trainer::store::ModelKind;
 use oneiro_trainer::{ModelRecord, ModelStore};
 use rand::SeedableRng;

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use oneiro_proto::v1 as pb;
-use oneiro_trainer::backbones::{Network, ResolvedWeights};
 use oneiro_trainer::events::{EventSink, Stop};
 use oneiro_trainer::store::ModelKind;
+use oneiro_trainer::vision::backbones::{Network, ResolvedWeights};
 use oneiro_trainer::{ModelRecord, ModelStore, TrainEvent};
 use tonic::Status;
 use tracing::{info, info_span, warn};
@@ -126,7 +126,7 @@ pub fn load_resident(
     record: &ModelRecord,
     device: &candle_core::Device,
 ) -> Result<Loaded, ServiceError> {
-    match record.kind {
+    match record.kind() {
         ModelKind::CharLstm => text::load(store, record, device),
         ModelKind::Vae => vae::load(store, record, device),
         ModelKind::Gan => gan::load(store, record, device),
@@ -145,7 +145,7 @@ pub fn resident<T: Any + Send + Sync>(
         Err(_) => Err(oneiro_trainer::Error::FailedPrecondition(format!(
             "model {:?} is a {} model, not a {} model",
             name,
-            record.kind.name(),
+            record.kind().name(),
             wanted.name()
         ))
         .into()),
@@ -283,15 +283,11 @@ struct JobSink<'a> {
 
 impl EventSink for JobSink<'_> {
     fn send(&mut self, event: TrainEvent) -> Result<(), Stop> {
-        if let TrainEvent::Batch {
-            sequences_per_second,
-            ..
-        } = &event
-        {
+        if let TrainEvent::Batch { rate, .. } = &event {
             self.metrics.train_steps.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .sequences_per_second
-                .store(sequences_per_second.to_bits() as u64, Ordering::Relaxed);
+                .store(rate.to_bits() as u64, Ordering::Relaxed);
         }
         if let Some(e) = convert::train_event(event).event {
             self.job.publish(e);

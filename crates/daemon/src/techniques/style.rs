@@ -2,14 +2,14 @@
 //! weights resolution), run on the device worker, streamed back.
 
 use oneiro_proto::v1 as pb;
-use oneiro_trainer::backbones::{Network, ResolvedWeights};
-use oneiro_trainer::dream::Planes;
 use oneiro_trainer::imageio;
-use oneiro_trainer::style::{
-    LossParts, STYLE_LAYERS, StyleOptions, pixels_from_rgb01, pixels_to_rgb01, target_size,
+use oneiro_trainer::vision::Planes;
+use oneiro_trainer::vision::backbones::{Network, ResolvedWeights};
+use oneiro_trainer::vision::style::{
+    STYLE_LAYERS, StyleLoss, StyleOptions, pixels_from_rgb01, pixels_to_rgb01, target_size,
 };
 
-use oneiro_trainer::style::{StyleEvent, Stylizer};
+use oneiro_trainer::vision::style::{StyleEvent, Stylizer};
 use tracing::info_span;
 
 use super::backbone;
@@ -102,7 +102,7 @@ pub fn plan(req: pb::StyleRequest, config: &DaemonConfig) -> Result<StylePlan, S
     })
 }
 
-pub fn loss(p: &LossParts) -> pb::StyleLoss {
+pub fn loss(p: &StyleLoss) -> pb::StyleLoss {
     pb::StyleLoss {
         total: p.total(),
         content: p.content,

@@ -10,9 +10,9 @@ use oneiro_models::CharLstmConfig;
 use oneiro_proto::v1 as pb;
 use oneiro_trainer::events::EventSink;
 use oneiro_trainer::store::ModelKind;
-use oneiro_trainer::text_data::CharCorpus;
-use oneiro_trainer::text_generate::{CharGenerator, validate_temperature};
-use oneiro_trainer::text_train::{TextTrainOptions, train_char_lstm};
+use oneiro_trainer::text::CharCorpus;
+use oneiro_trainer::text::generate::{CharGenerator, validate_temperature};
+use oneiro_trainer::text::{TextTrainOptions, train_char_lstm};
 use oneiro_trainer::{ModelRecord, ModelStore};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -229,7 +229,7 @@ impl Generation {
     ) -> Result<(), ServiceError> {
         let (generator, record) = resident::<CharGenerator>(ctx, &self.model, ModelKind::CharLstm)?;
         let seed_text = if self.seed_text.is_empty() {
-            record.seed_text.unwrap_or_default()
+            record.seed_text().unwrap_or_default().to_string()
         } else {
             self.seed_text
         };

@@ -11,8 +11,8 @@ use oneiro_trainer::events::EventSink;
 use oneiro_trainer::imageio;
 use oneiro_trainer::mnist::{Mnist, MnistSource};
 use oneiro_trainer::store::ModelKind;
-use oneiro_trainer::vae_infer::{MAX_POINTS, VaeRunner};
-use oneiro_trainer::vae_train::{VaeTrainOptions, train_vae};
+use oneiro_trainer::vae::infer::{MAX_POINTS, VaeRunner};
+use oneiro_trainer::vae::{VaeTrainOptions, train_vae};
 use oneiro_trainer::{ModelRecord, ModelStore};
 use tracing::info_span;
 

@@ -233,7 +233,7 @@ impl WorkerHandle {
 
 /// The name of a device as the events and `Info` show it.
 pub fn device_name(device: &Device) -> String {
-    oneiro_trainer::text_train::device_name(device)
+    oneiro_trainer::run::device_name(device)
 }
 
 /// Starts the worker for `spec`; returns once the device is open (or why it is not).
