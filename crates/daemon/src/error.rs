@@ -21,6 +21,13 @@ pub enum ServiceError {
     /// A model that does not fit the device's memory budget.
     #[error("{0}")]
     OverBudget(String),
+    #[error("too many open streams ({0}); retry later")]
+    TooManyStreams(usize),
+    /// Shutdown has begun: new work is refused, running work stops.
+    #[error("{0}")]
+    ShuttingDown(String),
+    #[error("{0}")]
+    Unauthenticated(&'static str),
     /// An answer that already is a status (relayed from the device worker).
     #[error("{}", .0.message())]
     Status(Status),
@@ -47,6 +54,9 @@ impl From<ServiceError> for Status {
             ServiceError::WorkerGone => Code::Unavailable,
             ServiceError::OverBudget(_) => Code::ResourceExhausted,
             ServiceError::Internal(_) => Code::Internal,
+            ServiceError::TooManyStreams(_) => Code::ResourceExhausted,
+            ServiceError::ShuttingDown(_) => Code::Unavailable,
+            ServiceError::Unauthenticated(_) => Code::Unauthenticated,
         };
         Status::new(code, e.to_string())
     }

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::config::{DaemonConfig, Secret};
+use crate::error::ServiceError;
 use crate::jobs::JobManager;
 use crate::metrics::{Gauges, Metrics};
 use crate::rpc::OneiroService;
@@ -57,11 +58,12 @@ impl tonic::service::Interceptor for BearerAuth {
         if diff == 0 {
             Ok(req)
         } else if given.is_empty() {
-            Err(tonic::Status::unauthenticated(
+            Err(ServiceError::Unauthenticated(
                 "this daemon requires a bearer token (authorization: Bearer ...)",
-            ))
+            )
+            .into())
         } else {
-            Err(tonic::Status::unauthenticated("invalid bearer token"))
+            Err(ServiceError::Unauthenticated("invalid bearer token").into())
         }
     }
 }

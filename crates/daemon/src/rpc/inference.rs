@@ -41,9 +41,9 @@ impl OneiroService {
         validate_name(&model).map_err(ServiceError::from)?;
         let op = self.blocking(move |_, _| decode()).await?;
         let answer = vae::call(&self.worker, model, op).await?;
-        pick(answer)
-            .map(Response::new)
-            .ok_or_else(|| Status::internal("the worker answered another request kind"))
+        pick(answer).map(Response::new).ok_or_else(|| {
+            ServiceError::Internal("the worker answered another request kind".into()).into()
+        })
     }
 
     pub(super) async fn vae_grid_rpc(

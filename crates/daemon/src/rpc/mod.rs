@@ -112,17 +112,15 @@ impl OneiroService {
 
     /// Admits one more server stream, or refuses at once.
     fn stream_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
-        self.streams.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "too many open streams ({}); retry later",
-                self.config.max_streams
-            ))
-        })
+        self.streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServiceError::TooManyStreams(self.config.max_streams).into())
     }
 
     fn admit(&self) -> Result<(), Status> {
         if self.shutting_down.load(Ordering::SeqCst) {
-            return Err(Status::unavailable("the daemon is shutting down"));
+            return Err(ServiceError::ShuttingDown("the daemon is shutting down".into()).into());
         }
         Ok(())
     }
@@ -136,7 +134,7 @@ impl OneiroService {
         let (store, config) = (self.store.clone(), self.config.clone());
         tokio::task::spawn_blocking(move || f(&store, &config))
             .await
-            .map_err(|e| Status::internal(format!("blocking task failed: {e}")))?
+            .map_err(|e| ServiceError::Internal(format!("blocking task failed: {e}")))?
             .map_err(Status::from)
     }
 

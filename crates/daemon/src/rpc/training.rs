@@ -78,10 +78,13 @@ impl OneiroService {
         if !job.cancel_if_queued("cancelled by request")
             && !job.request_stop(JobState::Cancelled, "cancelled by request")
         {
-            return Err(Status::failed_precondition(format!(
-                "job {} is not queued or running",
-                job.id
-            )));
+            return Err(
+                ServiceError::from(oneiro_trainer::Error::FailedPrecondition(format!(
+                    "job {} is not queued or running",
+                    job.id
+                )))
+                .into(),
+            );
         }
         Ok(Response::new(job.info()))
     }

@@ -16,7 +16,6 @@ use oneiro_trainer::text::{TextTrainOptions, train_char_lstm};
 use oneiro_trainer::{ModelRecord, ModelStore};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tonic::Status;
 use tracing::info_span;
 
 use super::{ResolvedData, TrainKind, ensure_kind_model, resident};
@@ -274,7 +273,7 @@ impl Generation {
             let msg = format!(
                 "the daemon is shutting down; generation stopped after {drawn} of {length} characters"
             );
-            let _ = send_within(chunks, Err(Status::unavailable(msg)));
+            let _ = send_within(chunks, Err(ServiceError::ShuttingDown(msg).into()));
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ use super::step::{adversarial_step, grid_png, latents, real_batch, step_rng};
 use crate::cifar::ImageSet;
 use crate::events::{EventSink, TrainEvent};
 use crate::fit::{Fitting, Learner, Named, StepPlan, StepTechnique, fit_steps};
+use crate::run::check_count;
 use crate::store::{
     GanPoint, ModelRecord, ModelSpec, ModelStore, OptimizerRecord, optimizer_tensors,
     restore_optimizer,
@@ -56,18 +57,8 @@ impl Default for GanTrainOptions {
 
 impl GanTrainOptions {
     pub fn validate(&self) -> Result<()> {
-        if self.steps == 0 || self.steps > 10_000_000 {
-            return Err(Error::invalid(format!(
-                "steps must be between 1 and 10000000, got {}",
-                self.steps
-            )));
-        }
-        if self.batch_size == 0 || self.batch_size > 1024 {
-            return Err(Error::invalid(format!(
-                "batch size must be between 1 and 1024, got {}",
-                self.batch_size
-            )));
-        }
+        check_count("steps", self.steps as usize, 10_000_000)?;
+        check_count("batch size", self.batch_size, 1024)?;
         for (what, lr) in [
             ("discriminator", self.discriminator_lr),
             ("generator", self.generator_lr),

@@ -8,11 +8,11 @@ use rand::Rng;
 
 use super::data::CharCorpus;
 use super::generate::{CharGenerator, validate_temperature};
+use crate::Result;
 use crate::events::{EventSink, LossParts, TrainEvent};
 use crate::fit::{EpochPlan, EpochTechnique, Fitting, Single, Spikes, fit_epochs};
-use crate::run::rng_for;
+use crate::run::{check_count, check_divergence_factor, check_learning_rate, rng_for};
 use crate::store::{ModelRecord, ModelSpec, ModelStore};
-use crate::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TextTrainOptions {
@@ -49,34 +49,13 @@ impl Default for TextTrainOptions {
 
 impl TextTrainOptions {
     pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0 || self.epochs > 100_000 {
-            return Err(Error::invalid(format!(
-                "epochs must be between 1 and 100000, got {}",
-                self.epochs
-            )));
-        }
-        if self.batch_size == 0 || self.batch_size > 65_536 {
-            return Err(Error::invalid(format!(
-                "batch size must be between 1 and 65536, got {}",
-                self.batch_size
-            )));
-        }
-        if let Some(lr) = self.learning_rate
-            && !(lr.is_finite() && lr > 0.0)
-        {
-            return Err(Error::invalid(format!(
-                "learning rate must be a finite number > 0, got {lr}"
-            )));
-        }
+        check_count("epochs", self.epochs as usize, 100_000)?;
+        check_count("batch size", self.batch_size, 65_536)?;
+        check_learning_rate(self.learning_rate)?;
         for &t in &self.sample_temperatures {
             validate_temperature(t)?;
         }
-        if !(self.divergence_factor.is_finite() && self.divergence_factor >= 0.0) {
-            return Err(Error::invalid(format!(
-                "divergence factor must be a finite number >= 0 (0 = off), got {}",
-                self.divergence_factor
-            )));
-        }
+        check_divergence_factor(self.divergence_factor)?;
         Ok(())
     }
 }
@@ -276,6 +255,7 @@ pub fn train_char_lstm(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Error;
     use crate::events::{Stop, Unit};
     use oneiro_models::CharLstmConfig;
     use rand::SeedableRng;

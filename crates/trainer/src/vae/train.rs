@@ -14,7 +14,7 @@ use super::infer::VaeRunner;
 use crate::events::{EventSink, LossParts, TrainEvent};
 use crate::fit::{EpochPlan, EpochTechnique, Fitting, Single, Spikes, fit_epochs};
 use crate::mnist::{Mnist, Split};
-use crate::run::rng_for;
+use crate::run::{check_count, check_divergence_factor, check_learning_rate, rng_for};
 use crate::store::{ModelRecord, ModelSpec, ModelStore};
 use crate::{Error, Result};
 
@@ -64,37 +64,16 @@ const EVAL_BATCH: usize = 256;
 
 impl VaeTrainOptions {
     pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0 || self.epochs > 100_000 {
-            return Err(Error::invalid(format!(
-                "epochs must be between 1 and 100000, got {}",
-                self.epochs
-            )));
-        }
-        if self.batch_size == 0 || self.batch_size > 4096 {
-            return Err(Error::invalid(format!(
-                "batch size must be between 1 and 4096, got {}",
-                self.batch_size
-            )));
-        }
-        if let Some(lr) = self.learning_rate
-            && !(lr.is_finite() && lr > 0.0)
-        {
-            return Err(Error::invalid(format!(
-                "learning rate must be a finite number > 0, got {lr}"
-            )));
-        }
+        check_count("epochs", self.epochs as usize, 100_000)?;
+        check_count("batch size", self.batch_size, 4096)?;
+        check_learning_rate(self.learning_rate)?;
         if self.grid_size > 64 {
             return Err(Error::invalid(format!(
                 "grid size must be at most 64, got {}",
                 self.grid_size
             )));
         }
-        if !(self.divergence_factor.is_finite() && self.divergence_factor >= 0.0) {
-            return Err(Error::invalid(format!(
-                "divergence factor must be a finite number >= 0 (0 = off), got {}",
-                self.divergence_factor
-            )));
-        }
+        check_divergence_factor(self.divergence_factor)?;
         Ok(())
     }
 }
