@@ -209,7 +209,23 @@ async fn an_inline_gan_job_resumes_its_step_count() {
     let done = client.describe_model("own").await.unwrap().steps_trained;
     assert!((2..8).contains(&done), "{done}");
     let evs = events(&mut client.resume_job(&job_id).await.unwrap()).await;
-    assert!(matches!(evs.last(), Some(Event::Finished(_))), "{evs:?}");
+    let Some(Event::Finished(finished)) = evs.last() else {
+        panic!("{evs:?}")
+    };
+    // Counted in steps; `epochs_trained` stays 0 as older clients expect of a GAN.
+    assert_eq!(finished.unit, pb::ProgressUnit::Steps as i32);
+    assert_eq!((finished.units_trained, finished.epochs_trained), (8, 0));
+    let started = evs.iter().find_map(|e| match e {
+        Event::Started(s) => Some(s.clone()),
+        _ => None,
+    });
+    let started = started.expect("the resumed run starts");
+    assert_eq!(started.kind, pb::ModelKind::Gan as i32);
+    assert_eq!(started.unit, pb::ProgressUnit::Steps as i32);
+    assert_eq!(
+        (started.first_step, started.steps_per_epoch),
+        (done as u32, 8)
+    );
     assert_eq!(client.describe_model("own").await.unwrap().steps_trained, 8);
     daemon.shutdown().await.unwrap();
 }

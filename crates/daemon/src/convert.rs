@@ -142,10 +142,15 @@ pub fn train_event(e: TrainEvent) -> pb::TrainEvent {
             final_loss,
             seconds,
         } => Event::Finished(pb::TrainFinished {
-            epochs_trained: units_trained,
+            // Clients before `unit` read 0 as "a GAN, which counts steps".
+            epochs_trained: match unit {
+                Unit::Epochs => units_trained,
+                Unit::Steps => 0,
+            },
             final_loss,
             seconds,
             unit: progress_unit(unit) as i32,
+            units_trained,
         }),
     };
     pb::TrainEvent {

@@ -121,7 +121,11 @@ impl<T: ?Sized> Residency<T> {
                 .iter()
                 .min_by_key(|(_, e)| e.last_used)
                 .map(|(n, _)| n.clone());
-            let Some(oldest) = oldest else { break };
+            let Some(oldest) = oldest else {
+                // Only derived memory is left: free it once, then the value fits.
+                (self.derived.release)();
+                break;
+            };
             self.entries.remove(&oldest);
             (self.derived.release)();
             evicted.push(oldest);

@@ -147,12 +147,14 @@ pub async fn follow(
             Some(Event::Checkpoint(c)) => {
                 tracing::info!(checkpoint = %c.checkpoint, step = c.step, "checkpoint written")
             }
-            Some(Event::Finished(f))
-                if f.unit == pb::ProgressUnit::Steps as i32
-                    || (f.unit == pb::ProgressUnit::Unspecified as i32
-                        && f.epochs_trained == 0) =>
-            {
-                // A GAN job counts steps, reported by its progress events.
+            Some(Event::Finished(f)) if f.unit == pb::ProgressUnit::Steps as i32 => {
+                println!(
+                    "done: {} steps trained, final adversarial loss {:.4} ({:.1}s)",
+                    f.units_trained, f.final_loss, f.seconds
+                );
+            }
+            Some(Event::Finished(f)) if f.epochs_trained == 0 => {
+                // A GAN job of a daemon before `unit`: its steps were in its progress.
                 println!(
                     "done: final adversarial loss {:.4} ({:.1}s)",
                     f.final_loss, f.seconds

@@ -177,7 +177,7 @@ impl OneiroService {
         let span = info_span!("unload", model = %model);
         let was = self
             .worker
-            .call("unload", span, None, move |ctx| Ok(ctx.unload(&model)))
+            .call_even_if_abandoned("unload", span, move |ctx| Ok(ctx.unload(&model)))
             .await?;
         Ok(Response::new(self.residency_response(was)))
     }

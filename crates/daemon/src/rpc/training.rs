@@ -40,16 +40,21 @@ impl OneiroService {
         if self.jobs.active_for(&req.model).is_some() {
             return Err(ServiceError::Busy(req.model).into());
         }
-        let jobs = self.jobs.clone();
-        let stop_on_disconnect = req.stop_on_disconnect;
-        let (job, data) = self
+        let (model, stop_on_disconnect) = (req.model.clone(), req.stop_on_disconnect);
+        // Resolving the data may take long (a hub download); a client that leaves
+        // meanwhile drops this call, so the job is created only afterwards, in a short
+        // step of its own: a job is never left queued with nothing to run it.
+        let (data, plan, target, kept) = self
             .blocking(move |store, config| {
                 let ResolvedData { data, source, kept } = K::data(&req, &options, config)?;
                 let record = K::ensure_model(store, &req, &options, &data)?;
                 let (plan, target) = K::plan(options, source, &record);
-                let job = jobs.create(&req.model, plan, target, stop_on_disconnect, &kept)?;
-                Ok((job, data as Preloaded))
+                Ok((data as Preloaded, plan, target, kept))
             })
+            .await?;
+        let jobs = self.jobs.clone();
+        let job = self
+            .blocking(move |_, _| jobs.create(&model, plan, target, stop_on_disconnect, &kept))
             .await?;
         if let Err(e) = self
             .worker

@@ -43,6 +43,19 @@ impl<T: Send> Outcome for Reply<T> {
     }
 }
 
+/// A reply for work that runs whether or not anyone still waits for it.
+struct Unconditional<T>(Reply<T>);
+
+impl<T: Send> Outcome for Unconditional<T> {
+    fn abandoned(&self) -> bool {
+        false
+    }
+
+    fn fail(&self, e: ServiceError) {
+        self.0.fail(e);
+    }
+}
+
 /// The work of a command: runs on the device thread.
 pub type Work = Box<dyn FnOnce(&mut DeviceContext) -> Result<(), ServiceError> + Send>;
 
@@ -192,7 +205,8 @@ impl WorkerHandle {
         })
     }
 
-    /// Runs `work` on the device and waits for its one answer.
+    /// Runs `work` on the device and waits for its one answer; skipped if the caller
+    /// is gone by the time it would run.
     pub async fn call<R: Send + 'static>(
         &self,
         what: &'static str,
@@ -200,13 +214,40 @@ impl WorkerHandle {
         uses: Option<String>,
         work: impl FnOnce(&mut DeviceContext) -> Result<R, ServiceError> + Send + 'static,
     ) -> Result<R, ServiceError> {
+        self.answer(what, span, uses, false, work).await
+    }
+
+    /// [`Self::call`] for work that must happen even if the caller leaves (unloading).
+    pub async fn call_even_if_abandoned<R: Send + 'static>(
+        &self,
+        what: &'static str,
+        span: Span,
+        work: impl FnOnce(&mut DeviceContext) -> Result<R, ServiceError> + Send + 'static,
+    ) -> Result<R, ServiceError> {
+        self.answer(what, span, None, true, work).await
+    }
+
+    async fn answer<R: Send + 'static>(
+        &self,
+        what: &'static str,
+        span: Span,
+        uses: Option<String>,
+        always: bool,
+        work: impl FnOnce(&mut DeviceContext) -> Result<R, ServiceError> + Send + 'static,
+    ) -> Result<R, ServiceError> {
         let (tx, mut rx) = mpsc::channel::<Result<R, Status>>(1);
         let reply = tx.clone();
-        self.submit(Command::new(what, span, uses, tx, move |ctx| {
+        let work = move |ctx: &mut DeviceContext| {
             let answer = work(ctx)?;
             let _ = reply.try_send(Ok(answer));
             Ok(())
-        }))?;
+        };
+        let command = if always {
+            Command::new(what, span, uses, Unconditional(tx), work)
+        } else {
+            Command::new(what, span, uses, tx, work)
+        };
+        self.submit(command)?;
         match rx.recv().await {
             Some(Ok(r)) => Ok(r),
             Some(Err(status)) => Err(ServiceError::Status(status)),
