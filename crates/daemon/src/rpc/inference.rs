@@ -11,7 +11,7 @@ use super::{EventStream, OneiroService, STREAM_BUFFER, permitted};
 use crate::error::ServiceError;
 use crate::techniques::gan;
 use crate::techniques::text::Generation;
-use crate::techniques::vae::{self, VaeOp, VaeReply};
+use crate::techniques::vae::{self, VaeWork};
 
 impl OneiroService {
     pub(super) fn generate_rpc(
@@ -29,101 +29,57 @@ impl OneiroService {
         )))
     }
 
-    /// Runs a VAE request on the device: decodes it off the async threads, then waits
-    /// for the worker's answer.
+    /// Runs a VAE request on the device: checks and decodes it off the async threads,
+    /// then waits for the worker's answer.
     async fn vae_call<R: Send + 'static>(
         &self,
         model: String,
-        decode: impl FnOnce() -> Result<VaeOp, ServiceError> + Send + 'static,
-        pick: impl FnOnce(VaeReply) -> Option<R>,
+        check: impl FnOnce() -> Result<VaeWork<R>, ServiceError> + Send + 'static,
     ) -> Result<Response<R>, Status> {
         self.admit()?;
         validate_name(&model).map_err(ServiceError::from)?;
-        let op = self.blocking(move |_, _| decode()).await?;
-        let answer = vae::call(&self.worker, model, op).await?;
-        pick(answer).map(Response::new).ok_or_else(|| {
-            ServiceError::Internal("the worker answered another request kind".into()).into()
-        })
+        let work = self.blocking(move |_, _| check()).await?;
+        Ok(Response::new(vae::call(&self.worker, model, work).await?))
     }
 
     pub(super) async fn vae_grid_rpc(
         &self,
         req: pb::VaeGridRequest,
     ) -> Result<Response<pb::Image>, Status> {
-        let model = req.model.clone();
-        self.vae_call(
-            model,
-            move || vae::op_from_grid(&req),
-            |r| match r {
-                VaeReply::Grid(i) => Some(i),
-                _ => None,
-            },
-        )
-        .await
+        self.vae_call(req.model.clone(), move || vae::grid(&req))
+            .await
     }
 
     pub(super) async fn vae_decode_rpc(
         &self,
         req: pb::VaeDecodeRequest,
     ) -> Result<Response<pb::VaeDecodeResponse>, Status> {
-        let model = req.model.clone();
-        self.vae_call(
-            model,
-            move || vae::op_from_decode(&req),
-            |r| match r {
-                VaeReply::Decode(d) => Some(d),
-                _ => None,
-            },
-        )
-        .await
+        self.vae_call(req.model.clone(), move || vae::decode(&req))
+            .await
     }
 
     pub(super) async fn vae_encode_rpc(
         &self,
         req: pb::VaeEncodeRequest,
     ) -> Result<Response<pb::VaeEncodeResponse>, Status> {
-        let model = req.model.clone();
-        self.vae_call(
-            model,
-            move || vae::op_from_encode(&req),
-            |r| match r {
-                VaeReply::Encode(e) => Some(e),
-                _ => None,
-            },
-        )
-        .await
+        self.vae_call(req.model.clone(), move || vae::encode(&req))
+            .await
     }
 
     pub(super) async fn vae_concept_rpc(
         &self,
         req: pb::VaeConceptRequest,
     ) -> Result<Response<pb::VaeConceptResponse>, Status> {
-        let model = req.model.clone();
-        self.vae_call(
-            model,
-            move || vae::op_from_concept(&req),
-            |r| match r {
-                VaeReply::Concept(c) => Some(c),
-                _ => None,
-            },
-        )
-        .await
+        self.vae_call(req.model.clone(), move || vae::concept(&req))
+            .await
     }
 
     pub(super) async fn vae_morph_rpc(
         &self,
         req: pb::VaeMorphRequest,
     ) -> Result<Response<pb::VaeMorphResponse>, Status> {
-        let model = req.model.clone();
-        self.vae_call(
-            model,
-            move || vae::op_from_morph(&req),
-            |r| match r {
-                VaeReply::Morph(m) => Some(m),
-                _ => None,
-            },
-        )
-        .await
+        self.vae_call(req.model.clone(), move || vae::morph(&req))
+            .await
     }
 
     pub(super) async fn gan_sample_rpc(

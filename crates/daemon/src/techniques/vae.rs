@@ -176,53 +176,23 @@ pub fn load(
     Ok(Loaded::new(v, bytes))
 }
 
-/// Runs `op` on the resident VAE `model`.
-pub async fn call(
+/// A checked VAE request: what it asks of the resident model, its uploaded images
+/// already decoded to 28×28 grey (off the async threads).
+pub type VaeWork<R> = Box<dyn FnOnce(&VaeRunner) -> Result<R, ServiceError> + Send>;
+
+/// Runs `work` on the resident VAE `model`.
+pub async fn call<R: Send + 'static>(
     worker: &WorkerHandle,
     model: String,
-    op: VaeOp,
-) -> Result<VaeReply, ServiceError> {
+    work: VaeWork<R>,
+) -> Result<R, ServiceError> {
     let span = info_span!("vae", model = %model);
     worker
         .call("VAE request", span, Some(model.clone()), move |ctx| {
             let (runner, _) = resident::<VaeRunner>(ctx, &model, ModelKind::Vae)?;
-            run(&runner, op)
+            work(&runner)
         })
         .await
-}
-
-/// What a VAE request asks of the resident model. Images arrive decoded to 28×28 grey.
-pub enum VaeOp {
-    Grid {
-        size: usize,
-    },
-    Decode {
-        points: Vec<Vec<f32>>,
-    },
-    Encode {
-        images: Vec<Vec<f32>>,
-    },
-    Concept {
-        from: u32,
-        to: u32,
-        vector: Option<Vec<f32>>,
-        amount: f32,
-        image: Option<Vec<f32>>,
-    },
-    Morph {
-        from: Vec<f32>,
-        to: Vec<f32>,
-        frames: usize,
-        gif_frame_ms: Option<u32>,
-    },
-}
-
-pub enum VaeReply {
-    Grid(pb::Image),
-    Decode(pb::VaeDecodeResponse),
-    Encode(pb::VaeEncodeResponse),
-    Concept(pb::VaeConceptResponse),
-    Morph(pb::VaeMorphResponse),
 }
 
 const DEFAULT_GRID: u32 = 15;
@@ -242,7 +212,7 @@ pub fn digit_from_bytes(bytes: &[u8], what: &str) -> Result<Vec<f32>, ServiceErr
     Ok(imageio::to_grey_square(&img, SIDE as u32))
 }
 
-pub fn op_from_grid(req: &pb::VaeGridRequest) -> Result<VaeOp, ServiceError> {
+pub fn grid(req: &pb::VaeGridRequest) -> Result<VaeWork<pb::Image>, ServiceError> {
     let size = if req.size == 0 {
         DEFAULT_GRID
     } else {
@@ -251,40 +221,54 @@ pub fn op_from_grid(req: &pb::VaeGridRequest) -> Result<VaeOp, ServiceError> {
     if size > 64 {
         return Err(invalid(format!("grid size must be 1 to 64, got {size}")));
     }
-    Ok(VaeOp::Grid {
-        size: size as usize,
-    })
+    let size = size as usize;
+    Ok(Box::new(move |runner| {
+        png(&runner.grid(size)?, size * SIDE)
+    }))
 }
 
-pub fn op_from_decode(req: &pb::VaeDecodeRequest) -> Result<VaeOp, ServiceError> {
+pub fn decode(req: &pb::VaeDecodeRequest) -> Result<VaeWork<pb::VaeDecodeResponse>, ServiceError> {
     if req.points.is_empty() || req.points.len() > MAX_POINTS {
         return Err(invalid(format!(
             "give 1 to {MAX_POINTS} latent points, not {}",
             req.points.len()
         )));
     }
-    Ok(VaeOp::Decode {
-        points: req.points.iter().map(|p| p.values.clone()).collect(),
-    })
+    let points: Vec<Vec<f32>> = req.points.iter().map(|p| p.values.clone()).collect();
+    Ok(Box::new(move |runner| {
+        Ok(pb::VaeDecodeResponse {
+            images: runner
+                .decode(&points)?
+                .iter()
+                .map(|p| png(p, SIDE))
+                .collect::<Result<_, _>>()?,
+        })
+    }))
 }
 
-pub fn op_from_encode(req: &pb::VaeEncodeRequest) -> Result<VaeOp, ServiceError> {
+pub fn encode(req: &pb::VaeEncodeRequest) -> Result<VaeWork<pb::VaeEncodeResponse>, ServiceError> {
     if req.images.is_empty() || req.images.len() > MAX_POINTS {
         return Err(invalid(format!(
             "give 1 to {MAX_POINTS} images, not {}",
             req.images.len()
         )));
     }
-    let images = req
+    let images: Vec<Vec<f32>> = req
         .images
         .iter()
         .enumerate()
         .map(|(i, b)| digit_from_bytes(b, &format!("image {i}")))
         .collect::<Result<_, _>>()?;
-    Ok(VaeOp::Encode { images })
+    Ok(Box::new(move |runner| {
+        Ok(pb::VaeEncodeResponse {
+            codes: runner.encode(&images)?.into_iter().map(code).collect(),
+        })
+    }))
 }
 
-pub fn op_from_concept(req: &pb::VaeConceptRequest) -> Result<VaeOp, ServiceError> {
+pub fn concept(
+    req: &pb::VaeConceptRequest,
+) -> Result<VaeWork<pb::VaeConceptResponse>, ServiceError> {
     let amount = req.amount.unwrap_or(1.0);
     if !amount.is_finite() {
         return Err(invalid(format!("amount must be finite, got {amount}")));
@@ -301,16 +285,29 @@ pub fn op_from_concept(req: &pb::VaeConceptRequest) -> Result<VaeOp, ServiceErro
     } else {
         Some(digit_from_bytes(&req.image, "the image")?)
     };
-    Ok(VaeOp::Concept {
-        from: req.from_class,
-        to: req.to_class,
-        vector,
-        amount,
-        image,
-    })
+    let (from, to) = (req.from_class, req.to_class);
+    Ok(Box::new(move |runner| {
+        let vector = match vector {
+            Some(v) => v,
+            None => runner.concept_vector(from, to)?,
+        };
+        let (image, code_before) = match image {
+            Some(img) => {
+                let before = runner.encode(std::slice::from_ref(&img))?.remove(0);
+                let edited = runner.move_code(&before.0, &vector, amount)?;
+                (Some(png(&edited, SIDE)?), Some(code(before)))
+            }
+            None => (None, None),
+        };
+        Ok(pb::VaeConceptResponse {
+            vector: Some(pb::LatentPoint { values: vector }),
+            image,
+            code: code_before,
+        })
+    }))
 }
 
-pub fn op_from_morph(req: &pb::VaeMorphRequest) -> Result<VaeOp, ServiceError> {
+pub fn morph(req: &pb::VaeMorphRequest) -> Result<VaeWork<pb::VaeMorphResponse>, ServiceError> {
     let frames = if req.frames == 0 {
         DEFAULT_FRAMES
     } else {
@@ -324,16 +321,25 @@ pub fn op_from_morph(req: &pb::VaeMorphRequest) -> Result<VaeOp, ServiceError> {
     } else {
         req.frame_ms
     };
-    Ok(VaeOp::Morph {
-        from: digit_from_bytes(&req.from_image, "the first image")?,
-        to: digit_from_bytes(&req.to_image, "the second image")?,
-        frames: frames as usize,
-        gif_frame_ms: req.gif.then_some(ms),
-    })
+    let from = digit_from_bytes(&req.from_image, "the first image")?;
+    let to = digit_from_bytes(&req.to_image, "the second image")?;
+    let (frames, gif_frame_ms) = (frames as usize, req.gif.then_some(ms));
+    Ok(Box::new(move |runner| {
+        let images = runner.morph(&from, &to, frames)?;
+        let gif = match gif_frame_ms {
+            Some(ms) => imageio::encode_gif(&images, SIDE as u32, SIDE as u32, 1, ms)?,
+            None => vec![],
+        };
+        Ok(pb::VaeMorphResponse {
+            frames: images
+                .iter()
+                .map(|p| png(p, SIDE))
+                .collect::<Result<_, _>>()?,
+            gif,
+        })
+    }))
 }
 
-/// The digits a VAE training asks for, loaded (so that bad data fails the request, not
-/// the job), and the source a resumed job reloads them from (`None`: they came inline and
 fn png(pixels: &[f32], side: usize) -> Result<pb::Image, ServiceError> {
     Ok(pb::Image {
         png: imageio::encode_png(pixels, side as u32, side as u32, 1)?,
@@ -344,67 +350,6 @@ fn png(pixels: &[f32], side: usize) -> Result<pb::Image, ServiceError> {
 
 fn code((mean, log_var): (Vec<f32>, Vec<f32>)) -> pb::LatentCode {
     pb::LatentCode { mean, log_var }
-}
-
-/// Answers `op` with the resident model.
-pub fn run(runner: &VaeRunner, op: VaeOp) -> Result<VaeReply, ServiceError> {
-    Ok(match op {
-        VaeOp::Grid { size } => VaeReply::Grid(png(&runner.grid(size)?, size * SIDE)?),
-        VaeOp::Decode { points } => VaeReply::Decode(pb::VaeDecodeResponse {
-            images: runner
-                .decode(&points)?
-                .iter()
-                .map(|p| png(p, SIDE))
-                .collect::<Result<_, _>>()?,
-        }),
-        VaeOp::Encode { images } => VaeReply::Encode(pb::VaeEncodeResponse {
-            codes: runner.encode(&images)?.into_iter().map(code).collect(),
-        }),
-        VaeOp::Concept {
-            from,
-            to,
-            vector,
-            amount,
-            image,
-        } => {
-            let vector = match vector {
-                Some(v) => v,
-                None => runner.concept_vector(from, to)?,
-            };
-            let (image, code_before) = match image {
-                Some(img) => {
-                    let before = runner.encode(std::slice::from_ref(&img))?.remove(0);
-                    let edited = runner.move_code(&before.0, &vector, amount)?;
-                    (Some(png(&edited, SIDE)?), Some(code(before)))
-                }
-                None => (None, None),
-            };
-            VaeReply::Concept(pb::VaeConceptResponse {
-                vector: Some(pb::LatentPoint { values: vector }),
-                image,
-                code: code_before,
-            })
-        }
-        VaeOp::Morph {
-            from,
-            to,
-            frames,
-            gif_frame_ms,
-        } => {
-            let images = runner.morph(&from, &to, frames)?;
-            let gif = match gif_frame_ms {
-                Some(ms) => imageio::encode_gif(&images, SIDE as u32, SIDE as u32, 1, ms)?,
-                None => vec![],
-            };
-            VaeReply::Morph(pb::VaeMorphResponse {
-                frames: images
-                    .iter()
-                    .map(|p| png(p, SIDE))
-                    .collect::<Result<_, _>>()?,
-                gif,
-            })
-        }
-    })
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
+use oneiro_trainer::run::device_name;
 use oneiro_trainer::{ModelRecord, ModelStore};
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -270,11 +271,6 @@ impl WorkerHandle {
     pub fn queue_depth(&self) -> usize {
         self.depth
     }
-}
-
-/// The name of a device as the events and `Info` show it.
-pub fn device_name(device: &Device) -> String {
-    oneiro_trainer::run::device_name(device)
 }
 
 /// Starts the worker for `spec`; returns once the device is open (or why it is not).
