@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use oneiro_proto::v1 as pb;
+use oneiro_trainer::ModelKind;
 use oneiro_trainer::cifar::ImageSource;
 use oneiro_trainer::gan::GanTrainOptions;
 use oneiro_trainer::mnist::{Mnist, MnistSource};
@@ -49,26 +49,12 @@ impl TrainPlan {
         }
     }
 
-    /// The unit of [`Self::units`], for messages.
-    pub fn unit(&self) -> &'static str {
-        match self.unit_proto() {
-            pb::ProgressUnit::Steps => "steps",
-            _ => "epochs",
-        }
-    }
-
-    pub fn unit_proto(&self) -> pb::ProgressUnit {
+    /// The kind of model the plan trains (which says the unit of [`Self::units`]).
+    pub fn kind(&self) -> ModelKind {
         match self {
-            Self::Gan { .. } => pb::ProgressUnit::Steps,
-            Self::Vae { .. } | Self::Text(_) => pb::ProgressUnit::Epochs,
-        }
-    }
-
-    pub fn kind(&self) -> pb::ModelKind {
-        match self {
-            Self::Gan { .. } => pb::ModelKind::Gan,
-            Self::Vae { .. } => pb::ModelKind::Vae,
-            Self::Text(_) => pb::ModelKind::CharLstm,
+            Self::Gan { .. } => ModelKind::Gan,
+            Self::Vae { .. } => ModelKind::Vae,
+            Self::Text(_) => ModelKind::CharLstm,
         }
     }
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tonic::Code;
 
 use super::plan::TrainPlan;
+use crate::convert;
 
 /// Events kept for replay (besides the run's `accepted` and `started` events).
 pub const HISTORY: usize = 256;
@@ -155,7 +156,7 @@ impl JobFile {
             return Err(format!(
                 "model {:?} is already at {trained} {}; job {} aimed at {target}",
                 self.model,
-                plan.unit(),
+                plan.kind().unit().name(),
                 self.id
             ));
         }
@@ -191,8 +192,8 @@ impl JobFile {
             message: self.message.clone(),
             created_unix: self.created_unix,
             updated_unix: self.updated_unix,
-            kind: self.options.kind() as i32,
-            unit: self.options.unit_proto() as i32,
+            kind: convert::model_kind(self.options.kind()) as i32,
+            unit: convert::progress_unit(self.options.kind().unit()) as i32,
         }
     }
 }
