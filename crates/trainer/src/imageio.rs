@@ -14,17 +14,19 @@ use crate::{Error, Result};
 /// Upper bound on decoded pixels, so a small "decompression bomb" cannot exhaust memory.
 const MAX_PIXELS: u64 = 64 * 1024 * 1024;
 
-/// Decodes an encoded image (format sniffed from its bytes).
+/// Decodes an encoded image (format sniffed from its bytes). Only a whole file is a
+/// picture: a decoder error, a short read or a missing end marker is an error naming
+/// `what`, never the partial picture a lenient decoder would return.
 pub fn decode(bytes: &[u8], what: &str) -> Result<DynamicImage> {
     let reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::invalid(format!("{what}: cannot read the image: {e}")))?;
-    if reader.format().is_none() {
+    let Some(format) = reader.format() else {
         return Err(Error::invalid(format!(
             "{what}: not an image (PNG, JPEG or GIF expected; {} bytes of unknown format)",
             bytes.len()
         )));
-    }
+    };
     let (w, h) = reader
         .into_dimensions()
         .map_err(|e| Error::invalid(format!("{what}: corrupt image: {e}")))?;
@@ -33,8 +35,89 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<DynamicImage> {
             "{what}: a {w}×{h} image is outside the accepted sizes (1 to {MAX_PIXELS} pixels)"
         )));
     }
-    image::load_from_memory(bytes)
+    let truncated = |end: &str| {
+        Error::invalid(format!(
+            "{what}: truncated {format:?} file ({} bytes, {end} missing)",
+            bytes.len()
+        ))
+    };
+    match format {
+        // `image` decodes JPEG leniently (grey fill past the end of the data, as browsers
+        // do), so JPEG goes to its decoder directly, in strict mode.
+        ImageFormat::Jpeg if !ends_jpeg(bytes) => return Err(truncated("the end of image marker")),
+        ImageFormat::Jpeg => return decode_jpeg_strict(bytes, what),
+        // PNG and GIF decoders stop once they have the first picture; the end marker
+        // tells a whole file from one cut short after it.
+        ImageFormat::Png if !ends_png(bytes) => return Err(truncated("the IEND chunk")),
+        ImageFormat::Gif if bytes.last() != Some(&0x3B) => return Err(truncated("the trailer")),
+        _ => {}
+    }
+    image::load_from_memory_with_format(bytes, format)
         .map_err(|e| Error::invalid(format!("{what}: corrupt image: {e}")))
+}
+
+/// Whether a PNG file holds its closing IEND chunk (length 0, type, fixed CRC).
+fn ends_png(bytes: &[u8]) -> bool {
+    const IEND: &[u8] = b"\0\0\0\0IEND\xAE\x42\x60\x82";
+    bytes.windows(IEND.len()).rev().any(|w| w == IEND)
+}
+
+/// Whether a JPEG file reaches its end-of-image marker, walking its segments (their
+/// lengths skip embedded thumbnails, which hold markers of their own) and scans (where
+/// 0xFF is always followed by a stuffed zero or a restart marker). Hand-written: the
+/// decoders pad a short scan with zeros and return the picture.
+fn ends_jpeg(b: &[u8]) -> bool {
+    let mut i = 2;
+    while i + 1 < b.len() {
+        if b[i] != 0xFF {
+            return false;
+        }
+        match b[i + 1] {
+            0xFF => {
+                i += 1;
+                continue;
+            }
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => {
+                i += 2;
+                continue;
+            }
+            _ => {}
+        }
+        let Some(len) = b.get(i + 2..i + 4) else {
+            return false;
+        };
+        let marker = b[i + 1];
+        i += 2 + u16::from_be_bytes([len[0], len[1]]) as usize;
+        if marker == 0xDA {
+            while i + 1 < b.len()
+                && !(b[i] == 0xFF && b[i + 1] != 0 && !(0xD0..=0xD7).contains(&b[i + 1]))
+            {
+                i += 1;
+            }
+        }
+    }
+    false
+}
+
+fn decode_jpeg_strict(bytes: &[u8], what: &str) -> Result<DynamicImage> {
+    use zune_core::{bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions};
+    let options = DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    let corrupt = |e: &dyn std::fmt::Display| {
+        Error::invalid(format!("{what}: corrupt or truncated JPEG: {e}"))
+    };
+    let pixels = decoder.decode().map_err(|e| corrupt(&e))?;
+    let (w, h) = decoder
+        .dimensions()
+        .ok_or_else(|| corrupt(&"no frame header"))?;
+    RgbImage::from_raw(w as u32, h as u32, pixels)
+        .map(DynamicImage::ImageRgb8)
+        .ok_or_else(|| corrupt(&"the decoder returned fewer pixels than the frame holds"))
 }
 
 /// An image of any size and colour type as `side`×`side` grey levels in [0, 1]
@@ -171,7 +254,7 @@ mod tests {
         let e = decode(&png[..png.len() / 2], "half.png")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("half.png") && e.contains("corrupt"), "{e}");
+        assert!(e.contains("half.png") && e.contains("truncated"), "{e}");
     }
 
     #[test]
@@ -187,5 +270,62 @@ mod tests {
         let frames = image::codecs::gif::GifDecoder::new(Cursor::new(&gif)).unwrap();
         use image::AnimationDecoder;
         assert_eq!(frames.into_frames().count(), 6);
+    }
+
+    /// Encoded test pictures of every format the daemon accepts, grey and colour.
+    fn samples() -> Vec<(ImageFormat, Vec<u8>)> {
+        let (w, h) = (37u32, 23u32);
+        let px: Vec<f32> = (0..(w * h * 3) as usize)
+            .map(|i| ((i * 7919) % 256) as f32 / 255.0)
+            .collect();
+        let rgb = to_image(&px, w, h, 3).unwrap();
+        let grey = to_image(&px[..(w * h) as usize], w, h, 1).unwrap();
+        let mut out = Vec::new();
+        for img in [&rgb, &grey] {
+            for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Gif] {
+                let mut bytes = Cursor::new(Vec::new());
+                // GIF has no grey type: its grey picture is a grey palette.
+                let img = match format {
+                    ImageFormat::Gif => DynamicImage::ImageRgba8(img.to_rgba8()),
+                    _ => img.clone(),
+                };
+                img.write_to(&mut bytes, format).unwrap();
+                out.push((format, bytes.into_inner()));
+            }
+        }
+        out
+    }
+
+    /// Every cut of every format (header-only files included) is refused with the file's
+    /// name; bit flips never panic and either decode or are refused as invalid.
+    #[test]
+    fn truncated_and_bit_flipped_files_are_refused_not_half_decoded() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(19);
+        for (format, bytes) in samples() {
+            let whole = decode(&bytes, "whole.img").unwrap();
+            assert_eq!((whole.width(), whole.height()), (37, 23), "{format:?}");
+            for cut in 0..bytes.len() {
+                match decode(&bytes[..cut], "cut.img") {
+                    Ok(_) => panic!("{format:?} cut to {cut} of {} bytes decoded", bytes.len()),
+                    Err(Error::InvalidArgument(m)) => assert!(m.starts_with("cut.img: "), "{m}"),
+                    Err(e) => panic!("{format:?} cut to {cut}: {e:?} is not InvalidArgument"),
+                }
+            }
+            for _ in 0..300 {
+                let mut flipped = bytes.clone();
+                for _ in 0..rng.random_range(1..=8) {
+                    let at = rng.random_range(0..flipped.len());
+                    flipped[at] ^= 1 << rng.random_range(0..8);
+                }
+                match decode(&flipped, "flipped.img") {
+                    Ok(img) => assert!(img.width() > 0 && img.height() > 0),
+                    Err(Error::InvalidArgument(m)) => {
+                        assert!(m.starts_with("flipped.img: "), "{m}")
+                    }
+                    Err(e) => panic!("{format:?} flipped: {e:?} is not InvalidArgument"),
+                }
+            }
+        }
     }
 }
