@@ -82,7 +82,7 @@ async fn a_state_directory_of_the_previous_release_is_served_and_its_job_resumed
     let generated = client
         .generate_text(pb::GenerateRequest {
             model: "old-text".into(),
-            length: 50,
+            length: Some(50),
             seed: Some(1),
             temperature: Some(0.5),
             ..Default::default()

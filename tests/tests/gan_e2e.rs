@@ -14,9 +14,9 @@ use tonic::Code;
 /// The book's architecture at test widths.
 fn small() -> pb::GanConfig {
     pb::GanConfig {
-        generator_seed_channels: 8,
-        generator_channels: 8,
-        discriminator_channels: 8,
+        generator_seed_channels: Some(8),
+        generator_channels: Some(8),
+        discriminator_channels: Some(8),
         ..Default::default()
     }
 }
@@ -33,10 +33,10 @@ fn request(
         stop_on_disconnect: false,
         create_config: Some(pb::train_request::CreateConfig::Gan(small())),
         options: Some(pb::TrainOptions {
-            steps,
-            batch_size: 4,
-            sample_every: every,
-            sample_count: 4,
+            steps: Some(steps),
+            batch_size: Some(4),
+            sample_every: Some(every),
+            sample_count: Some(4),
             seed: Some(3),
             ..Default::default()
         }),
@@ -121,7 +121,7 @@ async fn a_gan_trains_on_hub_frogs_and_samples_reproducibly() {
     // Samples: seeded grids are reproducible; explicit latents are checked.
     let sample = |seed| pb::GanSampleRequest {
         model: "frogs".into(),
-        count: 5,
+        count: Some(5),
         seed: Some(seed),
         latents: vec![],
     };
@@ -145,7 +145,7 @@ async fn a_gan_trains_on_hub_frogs_and_samples_reproducibly() {
         client
             .vae_grid(pb::VaeGridRequest {
                 model: "frogs".into(),
-                size: 2,
+                size: Some(2),
             })
             .await
             .unwrap_err(),
@@ -156,6 +156,7 @@ async fn a_gan_trains_on_hub_frogs_and_samples_reproducibly() {
     let png = imageio::encode_png(&vec![0.5; 40 * 30 * 3], 40, 30, 3).unwrap();
     let inline = pb::image_data::Source::Inline(pb::InlineImages {
         images: vec![png, b"garbage".to_vec()],
+        names: vec!["frog.png".into(), "broken.jpg".into()],
     });
     let s = status(
         client
@@ -164,7 +165,11 @@ async fn a_gan_trains_on_hub_frogs_and_samples_reproducibly() {
             .unwrap_err(),
     );
     assert_eq!(s.code(), Code::InvalidArgument);
-    assert!(s.message().contains("image 1"), "{}", s.message());
+    assert!(
+        s.message().contains("images[1] (broken.jpg)"),
+        "{}",
+        s.message()
+    );
     let mut req = request("other", None, 2, 1);
     if let Some(pb::train_request::Data::Images(d)) = &mut req.data {
         d.class_label = Some(9);
@@ -192,7 +197,10 @@ async fn an_inline_gan_job_resumes_its_step_count() {
             imageio::encode_png(&imageio::to_rgb(&decoded, 48, 40), 48, 40, 3).unwrap()
         })
         .collect();
-    let source = pb::image_data::Source::Inline(pb::InlineImages { images });
+    let source = pb::image_data::Source::Inline(pb::InlineImages {
+        images,
+        names: vec![],
+    });
     let mut stream = client
         .train(request("own", Some(source), 8, 2))
         .await

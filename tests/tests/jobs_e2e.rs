@@ -16,15 +16,15 @@ fn slow_training(model: &str, epochs: u32) -> pb::TrainRequest {
         stop_on_disconnect: false,
         create_config: Some(pb::train_request::CreateConfig::CharLstm(
             pb::CharLstmConfig {
-                maxlen: 30,
-                step: 1,
-                hidden: 64,
+                maxlen: Some(30),
+                step: Some(1),
+                hidden: Some(64),
                 lowercase: None,
             },
         )),
         options: Some(pb::TrainOptions {
-            epochs,
-            batch_size: 8,
+            epochs: Some(epochs),
+            batch_size: Some(8),
             seed: Some(3),
             no_samples: true,
             checkpoint_every_steps: 10,
@@ -176,7 +176,7 @@ async fn a_generation_whose_client_leaves_frees_the_worker() {
 
     let long = pb::GenerateRequest {
         model: "gen".into(),
-        length: 100_000,
+        length: Some(100_000),
         temperature: Some(1.0),
         ..Default::default()
     };
@@ -186,7 +186,7 @@ async fn a_generation_whose_client_leaves_frees_the_worker() {
     // 100k characters take seconds; the worker must drop them within a step or two.
     let short = pb::GenerateRequest {
         model: "gen".into(),
-        length: 20,
+        length: Some(20),
         temperature: Some(0.0),
         ..Default::default()
     };
@@ -264,7 +264,7 @@ async fn a_full_queue_answers_resource_exhausted_at_once() {
     assert_eq!(code(err), Code::ResourceExhausted);
     let generate = pb::GenerateRequest {
         model: "a".into(),
-        length: 5,
+        length: Some(5),
         ..Default::default()
     };
     assert_eq!(

@@ -15,15 +15,15 @@ async fn train_small(client: &mut Client, model: &str) {
         stop_on_disconnect: false,
         create_config: Some(pb::train_request::CreateConfig::CharLstm(
             pb::CharLstmConfig {
-                maxlen: 16,
-                step: 2,
-                hidden: 32,
+                maxlen: Some(16),
+                step: Some(2),
+                hidden: Some(32),
                 lowercase: None,
             },
         )),
         options: Some(pb::TrainOptions {
-            epochs: 1,
-            batch_size: 32,
+            epochs: Some(1),
+            batch_size: Some(32),
             seed: Some(1),
             no_samples: true,
             ..Default::default()
@@ -61,7 +61,7 @@ async fn models_load_unload_and_report_residency() {
     // Generation loads on use too.
     let g = pb::GenerateRequest {
         model: "b".into(),
-        length: 5,
+        length: Some(5),
         temperature: Some(0.0),
         ..Default::default()
     };
@@ -115,7 +115,7 @@ async fn open_streams_are_capped_and_metrics_are_served() {
     train_small(&mut client, "m").await;
     let long = pb::GenerateRequest {
         model: "m".into(),
-        length: 100_000,
+        length: Some(100_000),
         temperature: Some(1.0),
         ..Default::default()
     };
@@ -123,7 +123,7 @@ async fn open_streams_are_capped_and_metrics_are_served() {
     assert!(open.message().await.unwrap().is_some());
     let short = pb::GenerateRequest {
         model: "m".into(),
-        length: 5,
+        length: Some(5),
         ..Default::default()
     };
     assert_eq!(
@@ -202,7 +202,7 @@ async fn a_bounded_load_test_completes_or_rejects_every_request() {
             for r in 0..ROUNDS {
                 let req = pb::GenerateRequest {
                     model: "m".into(),
-                    length: 400,
+                    length: Some(400),
                     temperature: Some(1.0),
                     seed: Some((c * ROUNDS + r) as u64),
                     ..Default::default()

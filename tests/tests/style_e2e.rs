@@ -135,12 +135,12 @@ async fn style_transfer_streams_rounds_and_refuses_bad_requests() {
     )
     .await);
     assert!(
-        e.code() == Code::InvalidArgument && e.message().contains("style image"),
+        e.code() == Code::InvalidArgument && e.message().contains("style_image"),
         "{e:?}"
     );
     let e = bad(style(&mut client, request(vec![], painting.clone(), random())).await);
     assert!(
-        e.code() == Code::InvalidArgument && e.message().contains("content image"),
+        e.code() == Code::InvalidArgument && e.message().contains("content_image"),
         "{e:?}"
     );
     let mut req = request(content.clone(), painting.clone(), random());

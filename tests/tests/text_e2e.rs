@@ -26,9 +26,9 @@ async fn channel(daemon: &RunningDaemon) -> tonic::transport::Channel {
 
 fn small_config() -> pb::CharLstmConfig {
     pb::CharLstmConfig {
-        maxlen: 16,
-        step: 1,
-        hidden: 32,
+        maxlen: Some(16),
+        step: Some(1),
+        hidden: Some(32),
         lowercase: None,
     }
 }
@@ -40,12 +40,12 @@ fn train_request(model: &str, text: &str, epochs: u32) -> pb::TrainRequest {
         stop_on_disconnect: false,
         create_config: Some(pb::train_request::CreateConfig::CharLstm(small_config())),
         options: Some(pb::TrainOptions {
-            epochs,
-            batch_size: 32,
+            epochs: Some(epochs),
+            batch_size: Some(32),
             seed: Some(7),
             validation_split: 0.1,
             sample_temperatures: vec![0.2, 1.0],
-            sample_length: 40,
+            sample_length: Some(40),
             ..Default::default()
         }),
         data: Some(pb::train_request::Data::Text(pb::TextCorpus {
@@ -71,7 +71,7 @@ fn greedy(model: &str, seed_text: &str, length: u32) -> pb::GenerateRequest {
         model: model.into(),
         seed_text: seed_text.into(),
         temperature: Some(0.0),
-        length,
+        length: Some(length),
         seed: Some(1),
     }
 }
@@ -237,8 +237,8 @@ async fn bad_requests_get_clear_errors_and_the_daemon_keeps_serving() {
     let opts = |r: pb::TrainRequest| pb::TrainRequest {
         options: Some(pb::TrainOptions {
             no_samples: true,
-            epochs: 1,
-            batch_size: 64,
+            epochs: Some(1),
+            batch_size: Some(64),
             ..Default::default()
         }),
         ..r
@@ -294,7 +294,7 @@ async fn bad_requests_get_clear_errors_and_the_daemon_keeps_serving() {
             pb::TrainRequest {
                 create_config: Some(pb::train_request::CreateConfig::CharLstm(
                     pb::CharLstmConfig {
-                        hidden: 99,
+                        hidden: Some(99),
                         ..small_config()
                     },
                 )),
@@ -324,12 +324,12 @@ async fn bad_requests_get_clear_errors_and_the_daemon_keeps_serving() {
         (
             greedy("ok", "the", 0),
             Code::InvalidArgument,
-            "between 1 and 1000",
+            "length must be an integer from 1 to 1000",
         ),
         (
             greedy("ok", "the", 1001),
             Code::InvalidArgument,
-            "between 1 and 1000",
+            "length must be an integer from 1 to 1000",
         ),
         (
             pb::GenerateRequest {

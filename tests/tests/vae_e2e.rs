@@ -14,9 +14,9 @@ use tonic::Code;
 
 fn options(epochs: u32) -> pb::TrainOptions {
     pb::TrainOptions {
-        epochs,
+        epochs: Some(epochs),
         seed: Some(5),
-        grid_size: 4,
+        grid_size: Some(4),
         ..Default::default()
     }
 }
@@ -147,13 +147,15 @@ async fn a_vae_trains_from_the_hub_cache_and_serves_its_latent_space() {
     let info = client.describe_model("digits").await.unwrap();
     assert_eq!(info.kind, pb::ModelKind::Vae as i32);
     assert_eq!(info.classes_with_means, 10);
-    assert!(matches!(info.config, Some(pb::model_info::Config::Vae(ref v)) if v.latent_dim == 2));
+    assert!(
+        matches!(info.config, Some(pb::model_info::Config::Vae(ref v)) if v.latent_dim == Some(2))
+    );
 
     // The latent grid, and decoding chosen points.
     let grid = client
         .vae_grid(pb::VaeGridRequest {
             model: "digits".into(),
-            size: 5,
+            size: Some(5),
         })
         .await
         .unwrap();
@@ -201,7 +203,7 @@ async fn a_vae_trains_from_the_hub_cache_and_serves_its_latent_space() {
         .unwrap_err();
     let s = status(e);
     assert_eq!(s.code(), Code::InvalidArgument);
-    assert!(s.message().contains("image 0"), "{}", s.message());
+    assert!(s.message().contains("images[0]"), "{}", s.message());
 
     // Concept vectors: class means from the validation digits.
     let one: Vec<f32> = test.image(1).iter().map(|&p| p as f32 / 255.0).collect();
@@ -236,9 +238,9 @@ async fn a_vae_trains_from_the_hub_cache_and_serves_its_latent_space() {
             model: "digits".into(),
             from_image: png_of(&one, 28, 28, 1),
             to_image: grid.png.clone(),
-            frames: 5,
+            frames: Some(5),
             gif: true,
-            frame_ms: 50,
+            frame_ms: Some(50),
         })
         .await
         .unwrap();
@@ -247,7 +249,7 @@ async fn a_vae_trains_from_the_hub_cache_and_serves_its_latent_space() {
     let e = client
         .vae_morph(pb::VaeMorphRequest {
             model: "digits".into(),
-            frames: 5,
+            frames: Some(5),
             ..Default::default()
         })
         .await
@@ -258,7 +260,7 @@ async fn a_vae_trains_from_the_hub_cache_and_serves_its_latent_space() {
     let e = client
         .generate_text(pb::GenerateRequest {
             model: "digits".into(),
-            length: 5,
+            length: Some(5),
             ..Default::default()
         })
         .await
@@ -273,7 +275,7 @@ async fn a_vae_trains_from_the_hub_cache_and_serves_its_latent_space() {
     let e = client
         .vae_grid(pb::VaeGridRequest {
             model: "nobody".into(),
-            size: 3,
+            size: Some(3),
         })
         .await
         .unwrap_err();

@@ -18,6 +18,7 @@ pub mod rpc;
 pub mod server;
 pub mod sources;
 pub mod techniques;
+pub mod validate;
 pub mod worker;
 
 pub use config::DaemonConfig;

@@ -305,7 +305,11 @@ pub fn resolve_images(
             }
             let mut pixels = Vec::with_capacity(i.images.len() * 3 * cifar::SIDE * cifar::SIDE);
             for (n, bytes) in i.images.iter().enumerate() {
-                let img = imageio::decode(bytes, &format!("image {n}"))?;
+                let what = match i.names.get(n) {
+                    Some(name) => format!("images.inline.images[{n}] ({name})"),
+                    None => format!("images.inline.images[{n}]"),
+                };
+                let img = imageio::decode(bytes, &what)?;
                 let rgb = imageio::to_rgb(&img, cifar::SIDE as u32, cifar::SIDE as u32);
                 let plane = cifar::SIDE * cifar::SIDE;
                 for c in 0..3 {

@@ -65,15 +65,15 @@ fn training(epochs: u32) -> pb::TrainRequest {
         stop_on_disconnect: false,
         create_config: Some(pb::train_request::CreateConfig::CharLstm(
             pb::CharLstmConfig {
-                maxlen: 30,
-                step: 1,
-                hidden: 64,
+                maxlen: Some(30),
+                step: Some(1),
+                hidden: Some(64),
                 lowercase: None,
             },
         )),
         options: Some(pb::TrainOptions {
-            epochs,
-            batch_size: 8,
+            epochs: Some(epochs),
+            batch_size: Some(8),
             seed: Some(5),
             no_samples: true,
             checkpoint_every_steps: 10,
@@ -123,7 +123,7 @@ async fn resume_after_restart(state: &std::path::Path, job: &str, seen: (u32, u3
     let text = client
         .generate_text(pb::GenerateRequest {
             model: "m".into(),
-            length: 10,
+            length: Some(10),
             temperature: Some(0.0),
             ..Default::default()
         })

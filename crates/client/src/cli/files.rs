@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use oneiro_proto::v1 as pb;
 
 pub fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
@@ -37,7 +38,9 @@ pub fn read_corpus(path: &Path) -> Result<String> {
 
 /// The PNG, JPEG and GIF files of a folder, in name order so a seeded training sees the
 /// same data order on every run.
-pub fn folder_images(dir: &Path) -> Result<Vec<Vec<u8>>> {
+/// The PNG, JPEG and GIF files of `dir` (sorted by name) as the daemon takes them inline,
+/// each with its file name for the daemon's errors.
+pub fn folder_images(dir: &Path) -> Result<pb::InlineImages> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -54,5 +57,16 @@ pub fn folder_images(dir: &Path) -> Result<Vec<Vec<u8>>> {
     if paths.is_empty() {
         bail!("{} has no PNG, JPEG or GIF files", dir.display());
     }
-    paths.iter().map(|p| read(p)).collect()
+    Ok(pb::InlineImages {
+        images: paths.iter().map(|p| read(p)).collect::<Result<_>>()?,
+        names: paths
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect(),
+    })
 }

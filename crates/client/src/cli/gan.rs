@@ -94,7 +94,7 @@ pub async fn run(client: &mut Client, cmd: GanCommand) -> Result<()> {
             let img = client
                 .gan_sample(pb::GanSampleRequest {
                     model,
-                    count,
+                    count: Some(count),
                     seed,
                     latents: vec![],
                 })
@@ -117,11 +117,12 @@ async fn train(client: &mut Client, a: GanTrainArgs) -> Result<()> {
                         .map_err(anyhow::Error::from)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Source::Inline(pb::InlineImages { images })
+            Source::Inline(pb::InlineImages {
+                images,
+                names: vec![],
+            })
         }
-        (None, Some(dir), _) => Source::Inline(pb::InlineImages {
-            images: folder_images(dir)?,
-        }),
+        (None, Some(dir), _) => Source::Inline(folder_images(dir)?),
         (None, None, Some(dir)) => Source::ServerDir(dir.clone()),
         (None, None, None) => Source::Hub(pb::HubDataset {
             repo: a.hub_repo.clone(),
@@ -134,15 +135,15 @@ async fn train(client: &mut Client, a: GanTrainArgs) -> Result<()> {
         create_if_missing: true,
         stop_on_disconnect: false,
         create_config: Some(pb::train_request::CreateConfig::Gan(pb::GanConfig {
-            latent_dim: a.latent_dim.unwrap_or(0),
+            latent_dim: a.latent_dim,
             dropout: a.dropout,
             ..Default::default()
         })),
         options: Some(pb::TrainOptions {
-            steps: a.steps,
-            batch_size: a.batch_size,
-            sample_every: a.sample_every,
-            sample_count: a.sample_count,
+            steps: Some(a.steps),
+            batch_size: Some(a.batch_size),
+            sample_every: Some(a.sample_every),
+            sample_count: Some(a.sample_count),
             discriminator_lr: a.discriminator_lr,
             generator_lr: a.generator_lr,
             seed: a.seed,

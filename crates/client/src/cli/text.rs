@@ -115,7 +115,7 @@ async fn generate(client: &mut Client, a: GenerateArgs) -> Result<()> {
             model: a.model,
             seed_text: a.seed_text,
             temperature: Some(a.temperature),
-            length: a.length,
+            length: Some(a.length),
             seed: a.seed,
         })
         .await?;
@@ -146,20 +146,20 @@ async fn train(client: &mut Client, a: TrainArgs) -> Result<()> {
         stop_on_disconnect: false,
         create_config: Some(pb::train_request::CreateConfig::CharLstm(
             pb::CharLstmConfig {
-                maxlen: a.maxlen.unwrap_or(0),
-                step: a.step.unwrap_or(0),
-                hidden: a.hidden.unwrap_or(0),
+                maxlen: a.maxlen,
+                step: a.step,
+                hidden: a.hidden,
                 lowercase: a.keep_case.then_some(false),
             },
         )),
         options: Some(pb::TrainOptions {
-            epochs: a.epochs,
-            batch_size: a.batch_size,
+            epochs: Some(a.epochs),
+            batch_size: Some(a.batch_size),
             learning_rate: a.learning_rate,
             validation_split: a.validation_split,
             seed: a.seed,
             sample_temperatures: a.temperatures,
-            sample_length: a.sample_length,
+            sample_length: Some(a.sample_length),
             no_samples: a.no_samples,
             checkpoint_every_steps: a.checkpoint_every,
             divergence_factor: super::divergence_factor(a.divergence_factor),

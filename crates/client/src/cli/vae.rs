@@ -149,7 +149,12 @@ pub async fn run(client: &mut Client, cmd: VaeCommand) -> Result<()> {
             size,
             output,
         } => {
-            let img = client.vae_grid(pb::VaeGridRequest { model, size }).await?;
+            let img = client
+                .vae_grid(pb::VaeGridRequest {
+                    model,
+                    size: Some(size),
+                })
+                .await?;
             write(&output, &img.png)?;
             println!("{}×{} grid: {}", img.width, img.height, output.display());
             Ok(())
@@ -235,9 +240,9 @@ pub async fn run(client: &mut Client, cmd: VaeCommand) -> Result<()> {
                     model,
                     from_image: read(&from)?,
                     to_image: read(&to)?,
-                    frames,
+                    frames: Some(frames),
                     gif,
-                    frame_ms,
+                    frame_ms: Some(frame_ms),
                 })
                 .await?;
             if gif {
@@ -288,12 +293,12 @@ async fn train(client: &mut Client, a: VaeTrainArgs) -> Result<()> {
         create_if_missing: true,
         stop_on_disconnect: false,
         create_config: Some(pb::train_request::CreateConfig::Vae(pb::VaeConfig {
-            latent_dim: a.latent_dim.unwrap_or(0),
+            latent_dim: a.latent_dim,
             kl_weight: a.kl_weight,
         })),
         options: Some(pb::TrainOptions {
-            epochs: a.epochs,
-            batch_size: a.batch_size,
+            epochs: Some(a.epochs),
+            batch_size: Some(a.batch_size),
             learning_rate: a.learning_rate,
             seed: a.seed,
             no_samples: a.no_grid,
@@ -301,7 +306,7 @@ async fn train(client: &mut Client, a: VaeTrainArgs) -> Result<()> {
             divergence_factor: super::divergence_factor(a.divergence_factor),
             max_train_images: a.max_train_images,
             max_validation_images: a.max_validation_images,
-            grid_size: a.grid_size,
+            grid_size: Some(a.grid_size),
             ..Default::default()
         }),
         data: Some(pb::train_request::Data::Digits(pb::DigitData {

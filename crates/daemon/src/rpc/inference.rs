@@ -20,7 +20,7 @@ impl OneiroService {
     ) -> Result<Response<EventStream<pb::GenerateChunk>>, Status> {
         self.admit()?;
         let permit = self.stream_permit()?;
-        let generation = Generation::check(req, self.config.max_generate_length)?;
+        let generation = Generation::check(req)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         self.worker.submit(generation.command(tx))?;
         Ok(Response::new(permitted(

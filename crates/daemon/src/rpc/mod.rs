@@ -29,6 +29,7 @@ use crate::config::DaemonConfig;
 use crate::error::ServiceError;
 use crate::jobs::JobManager;
 use crate::metrics::{Gauges, Metrics};
+use crate::validate::{self, Validate};
 use crate::worker::{Command, Reply, WorkerHandle};
 
 pub use models::model_info;
@@ -118,6 +119,13 @@ impl OneiroService {
             .map_err(|_| ServiceError::TooManyStreams(self.config.max_streams).into())
     }
 
+    /// The request, once its numbers are within [`validate::RULES`].
+    fn checked<R: Validate>(&self, r: Request<R>) -> Result<R, Status> {
+        let req = r.into_inner();
+        validate::check(&req, &self.config)?;
+        Ok(req)
+    }
+
     fn admit(&self) -> Result<(), Status> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ServiceError::ShuttingDown("the daemon is shutting down".into()).into());
@@ -163,14 +171,14 @@ impl Oneiro for OneiroService {
         &self,
         r: Request<pb::InfoRequest>,
     ) -> Result<Response<pb::InfoResponse>, Status> {
-        self.info_rpc(r.into_inner()).await
+        self.info_rpc(self.checked(r)?).await
     }
 
     async fn create_model(
         &self,
         r: Request<pb::CreateModelRequest>,
     ) -> Result<Response<pb::ModelInfo>, Status> {
-        self.create_model_rpc(r.into_inner()).await
+        self.create_model_rpc(self.checked(r)?).await
     }
 
     async fn list_models(
@@ -184,28 +192,28 @@ impl Oneiro for OneiroService {
         &self,
         r: Request<pb::DescribeModelRequest>,
     ) -> Result<Response<pb::ModelInfo>, Status> {
-        self.describe_model_rpc(r.into_inner().name).await
+        self.describe_model_rpc(self.checked(r)?.name).await
     }
 
     async fn delete_model(
         &self,
         r: Request<pb::DeleteModelRequest>,
     ) -> Result<Response<pb::DeleteModelResponse>, Status> {
-        self.delete_model_rpc(r.into_inner().name).await
+        self.delete_model_rpc(self.checked(r)?.name).await
     }
 
     async fn load_model(
         &self,
         r: Request<pb::LoadModelRequest>,
     ) -> Result<Response<pb::ResidencyResponse>, Status> {
-        self.load_model_rpc(r.into_inner().name).await
+        self.load_model_rpc(self.checked(r)?.name).await
     }
 
     async fn unload_model(
         &self,
         r: Request<pb::UnloadModelRequest>,
     ) -> Result<Response<pb::ResidencyResponse>, Status> {
-        self.unload_model_rpc(r.into_inner().name).await
+        self.unload_model_rpc(self.checked(r)?.name).await
     }
 
     type TrainStream = EventStream<pb::TrainEvent>;
@@ -214,7 +222,7 @@ impl Oneiro for OneiroService {
         &self,
         r: Request<pb::TrainRequest>,
     ) -> Result<Response<Self::TrainStream>, Status> {
-        self.train_rpc(r.into_inner()).await
+        self.train_rpc(self.checked(r)?).await
     }
 
     type WatchJobStream = EventStream<pb::TrainEvent>;
@@ -223,14 +231,14 @@ impl Oneiro for OneiroService {
         &self,
         r: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        self.watch_job_rpc(r.into_inner().job_id)
+        self.watch_job_rpc(self.checked(r)?.job_id)
     }
 
     async fn cancel_job(
         &self,
         r: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::JobInfo>, Status> {
-        self.cancel_job_rpc(r.into_inner().job_id)
+        self.cancel_job_rpc(self.checked(r)?.job_id)
     }
 
     async fn list_jobs(
@@ -248,7 +256,7 @@ impl Oneiro for OneiroService {
         &self,
         r: Request<pb::ResumeJobRequest>,
     ) -> Result<Response<Self::ResumeJobStream>, Status> {
-        self.resume_job_rpc(r.into_inner().job_id).await
+        self.resume_job_rpc(self.checked(r)?.job_id).await
     }
 
     type GenerateStream = EventStream<pb::GenerateChunk>;
@@ -257,42 +265,42 @@ impl Oneiro for OneiroService {
         &self,
         r: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
-        self.generate_rpc(r.into_inner())
+        self.generate_rpc(self.checked(r)?)
     }
 
     async fn vae_grid(
         &self,
         r: Request<pb::VaeGridRequest>,
     ) -> Result<Response<pb::Image>, Status> {
-        self.vae_grid_rpc(r.into_inner()).await
+        self.vae_grid_rpc(self.checked(r)?).await
     }
 
     async fn vae_decode(
         &self,
         r: Request<pb::VaeDecodeRequest>,
     ) -> Result<Response<pb::VaeDecodeResponse>, Status> {
-        self.vae_decode_rpc(r.into_inner()).await
+        self.vae_decode_rpc(self.checked(r)?).await
     }
 
     async fn vae_encode(
         &self,
         r: Request<pb::VaeEncodeRequest>,
     ) -> Result<Response<pb::VaeEncodeResponse>, Status> {
-        self.vae_encode_rpc(r.into_inner()).await
+        self.vae_encode_rpc(self.checked(r)?).await
     }
 
     async fn vae_concept(
         &self,
         r: Request<pb::VaeConceptRequest>,
     ) -> Result<Response<pb::VaeConceptResponse>, Status> {
-        self.vae_concept_rpc(r.into_inner()).await
+        self.vae_concept_rpc(self.checked(r)?).await
     }
 
     async fn vae_morph(
         &self,
         r: Request<pb::VaeMorphRequest>,
     ) -> Result<Response<pb::VaeMorphResponse>, Status> {
-        self.vae_morph_rpc(r.into_inner()).await
+        self.vae_morph_rpc(self.checked(r)?).await
     }
 
     type StyleStream = EventStream<pb::StyleEvent>;
@@ -301,7 +309,7 @@ impl Oneiro for OneiroService {
         &self,
         r: Request<pb::StyleRequest>,
     ) -> Result<Response<Self::StyleStream>, Status> {
-        self.style_rpc(r.into_inner()).await
+        self.style_rpc(self.checked(r)?).await
     }
 
     type DreamStream = EventStream<pb::DreamEvent>;
@@ -310,13 +318,13 @@ impl Oneiro for OneiroService {
         &self,
         r: Request<pb::DreamRequest>,
     ) -> Result<Response<Self::DreamStream>, Status> {
-        self.dream_rpc(r.into_inner()).await
+        self.dream_rpc(self.checked(r)?).await
     }
 
     async fn gan_sample(
         &self,
         r: Request<pb::GanSampleRequest>,
     ) -> Result<Response<pb::Image>, Status> {
-        self.gan_sample_rpc(r.into_inner()).await
+        self.gan_sample_rpc(self.checked(r)?).await
     }
 }

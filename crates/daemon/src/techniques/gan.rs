@@ -23,7 +23,6 @@ use crate::sources;
 use crate::worker::{DeviceContext, Loaded, WorkerHandle};
 
 const DEFAULT_COUNT: usize = 64;
-const MAX_COUNT: usize = 1024;
 /// Images generated per forward pass.
 const CHUNK: usize = 64;
 
@@ -132,7 +131,7 @@ impl TrainKind for Gan {
 
 pub fn gan_config(p: Option<&pb::GanConfig>, base: &GanConfig) -> GanConfig {
     let Some(p) = p else { return base.clone() };
-    let or = |v: u32, d: usize| if v == 0 { d } else { v as usize };
+    let or = |v: Option<u32>, d: usize| v.map_or(d, |v| v as usize);
     GanConfig {
         latent_dim: or(p.latent_dim, base.latent_dim),
         dropout: p.dropout.map_or(base.dropout, f64::from),
@@ -145,32 +144,28 @@ pub fn gan_config(p: Option<&pb::GanConfig>, base: &GanConfig) -> GanConfig {
 
 pub fn gan_to_proto(c: &GanConfig) -> pb::GanConfig {
     pb::GanConfig {
-        latent_dim: c.latent_dim as u32,
+        latent_dim: Some(c.latent_dim as u32),
         dropout: Some(c.dropout as f32),
         leaky_slope: Some(c.leaky_slope as f32),
-        generator_seed_channels: c.generator_seed_channels as u32,
-        generator_channels: c.generator_channels as u32,
-        discriminator_channels: c.discriminator_channels as u32,
+        generator_seed_channels: Some(c.generator_seed_channels as u32),
+        generator_channels: Some(c.generator_channels as u32),
+        discriminator_channels: Some(c.discriminator_channels as u32),
     }
 }
 
 pub fn gan_train_options(p: Option<&pb::TrainOptions>) -> GanTrainOptions {
     let d = GanTrainOptions::default();
     let Some(p) = p else { return d };
-    let or = |v: u32, d: usize| if v == 0 { d } else { v as usize };
+    let or = |v: Option<u32>, d: usize| v.map_or(d, |v| v as usize);
     GanTrainOptions {
-        steps: if p.steps == 0 { d.steps } else { p.steps },
+        steps: p.steps.unwrap_or(d.steps),
         batch_size: or(p.batch_size, d.batch_size),
         discriminator_lr: p.discriminator_lr.map_or(d.discriminator_lr, f64::from),
         generator_lr: p.generator_lr.map_or(d.generator_lr, f64::from),
         clip_value: p.clip_value.map_or(d.clip_value, |c| f64::from(c).max(0.0)),
         decay: p.decay.unwrap_or(d.decay),
         seed: p.seed,
-        sample_every: if p.sample_every == 0 {
-            d.sample_every
-        } else {
-            p.sample_every
-        },
+        sample_every: p.sample_every.unwrap_or(d.sample_every),
         sample_count: or(p.sample_count, d.sample_count),
     }
 }
@@ -213,39 +208,20 @@ pub fn sample(
 ) -> Result<pb::Image, ServiceError> {
     let dim = model.config.latent_dim;
     let z = if req.latents.is_empty() {
-        let count = if req.count == 0 {
-            DEFAULT_COUNT
-        } else {
-            req.count as usize
-        };
-        if count > MAX_COUNT {
-            return Err(invalid(format!(
-                "count must be 1 to {MAX_COUNT}, got {count}"
-            )));
-        }
+        // In range: checked with the request (validate.rs).
+        let count = req.count.map_or(DEFAULT_COUNT, |c| c as usize);
         let mut rng = match req.seed {
             Some(s) => ChaCha8Rng::seed_from_u64(s),
             None => ChaCha8Rng::from_os_rng(),
         };
         latents(&mut rng, count, dim, dev)?
     } else {
-        if req.latents.len() > MAX_COUNT {
-            return Err(invalid(format!(
-                "give at most {MAX_COUNT} latent points, not {}",
-                req.latents.len()
-            )));
-        }
         let mut flat = Vec::with_capacity(req.latents.len() * dim);
         for (i, p) in req.latents.iter().enumerate() {
             if p.values.len() != dim {
                 return Err(invalid(format!(
                     "latent point {i} has {} coordinates; this model's latent space has {dim}",
                     p.values.len()
-                )));
-            }
-            if p.values.iter().any(|v| !v.is_finite()) {
-                return Err(invalid(format!(
-                    "latent point {i} has a non-finite coordinate"
                 )));
             }
             flat.extend_from_slice(&p.values);

@@ -56,6 +56,9 @@ pub fn plan(req: pb::StyleRequest, config: &DaemonConfig) -> Result<StylePlan, S
         },
     };
     options.validate()?;
+    // The pictures first: a bad upload is refused before a hub download starts.
+    let content = decode_image(&req.content_image, "content_image", config)?;
+    let style = decode_image(&req.style_image, "style_image", config)?;
     let weights = resolve_weights(Network::Vgg19, req.weights, config)?;
     // The book's loss weights, scaled for the network's input where not given.
     let (content_scale, style_scale) = StyleOptions::book_weights_for(weights.preprocessing);
@@ -77,8 +80,6 @@ pub fn plan(req: pb::StyleRequest, config: &DaemonConfig) -> Result<StylePlan, S
             preset.join(", ")
         )
     };
-    let content = decode_image(&req.content_image, "content image", config)?;
-    let style = decode_image(&req.style_image, "style image", config)?;
     let (h, w) = target_size(
         content.height() as usize,
         content.width() as usize,

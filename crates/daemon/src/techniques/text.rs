@@ -114,7 +114,7 @@ impl TrainKind for Text {
 /// A full config from a partial one: unset fields take `base`'s values.
 pub fn char_lstm_config(p: Option<&pb::CharLstmConfig>, base: &CharLstmConfig) -> CharLstmConfig {
     let Some(p) = p else { return base.clone() };
-    let or = |v: u32, d: usize| if v == 0 { d } else { v as usize };
+    let or = |v: Option<u32>, d: usize| v.map_or(d, |v| v as usize);
     CharLstmConfig {
         maxlen: or(p.maxlen, base.maxlen),
         step: or(p.step, base.step),
@@ -125,9 +125,9 @@ pub fn char_lstm_config(p: Option<&pb::CharLstmConfig>, base: &CharLstmConfig) -
 
 pub fn char_lstm_to_proto(c: &CharLstmConfig) -> pb::CharLstmConfig {
     pb::CharLstmConfig {
-        maxlen: c.maxlen as u32,
-        step: c.step as u32,
-        hidden: c.hidden as u32,
+        maxlen: Some(c.maxlen as u32),
+        step: Some(c.step as u32),
+        hidden: Some(c.hidden as u32),
         lowercase: Some(c.lowercase),
     }
 }
@@ -137,12 +137,8 @@ pub fn train_options(p: Option<&pb::TrainOptions>) -> TextTrainOptions {
     let d = TextTrainOptions::default();
     let Some(p) = p else { return d };
     TextTrainOptions {
-        epochs: if p.epochs == 0 { d.epochs } else { p.epochs },
-        batch_size: if p.batch_size == 0 {
-            d.batch_size
-        } else {
-            p.batch_size as usize
-        },
+        epochs: p.epochs.unwrap_or(d.epochs),
+        batch_size: p.batch_size.map_or(d.batch_size, |b| b as usize),
         learning_rate: p.learning_rate.map(f64::from),
         validation_split: p.validation_split,
         seed: p.seed,
@@ -153,11 +149,7 @@ pub fn train_options(p: Option<&pb::TrainOptions>) -> TextTrainOptions {
         } else {
             p.sample_temperatures.clone()
         },
-        sample_length: if p.sample_length == 0 {
-            d.sample_length
-        } else {
-            p.sample_length as usize
-        },
+        sample_length: p.sample_length.map_or(d.sample_length, |l| l as usize),
         checkpoint_every_steps: p.checkpoint_every_steps,
         // Zero is "unset" in proto3: the default; a negative factor switches it off.
         divergence_factor: if p.divergence_factor == 0.0 {
@@ -179,6 +171,9 @@ pub fn load(
     Ok(Loaded::new(g, bytes))
 }
 
+/// Characters a `Generate` request without a length gets: the book's sample length.
+const DEFAULT_GENERATE_LENGTH: usize = 400;
+
 /// A checked `Generate` request.
 pub struct Generation {
     model: String,
@@ -189,21 +184,16 @@ pub struct Generation {
 }
 
 impl Generation {
-    pub fn check(req: pb::GenerateRequest, max_length: u32) -> Result<Self, ServiceError> {
+    /// `req`'s numbers are in range already (validate.rs).
+    pub fn check(req: pb::GenerateRequest) -> Result<Self, ServiceError> {
         oneiro_trainer::store::validate_name(&req.model)?;
         let temperature = req.temperature.unwrap_or(1.0);
         validate_temperature(temperature)?;
-        if req.length == 0 || req.length > max_length {
-            return Err(ServiceError::InvalidArgument(format!(
-                "length must be between 1 and {max_length} characters, got {}",
-                req.length
-            )));
-        }
         Ok(Self {
             model: req.model,
             seed_text: req.seed_text,
             temperature,
-            length: req.length as usize,
+            length: req.length.map_or(DEFAULT_GENERATE_LENGTH, |l| l as usize),
             seed: req.seed,
         })
     }
@@ -290,7 +280,7 @@ mod tests {
             ..Default::default()
         };
         let p = pb::CharLstmConfig {
-            hidden: 64,
+            hidden: Some(64),
             ..Default::default()
         };
         let c = char_lstm_config(Some(&p), &base);

@@ -11,7 +11,7 @@ use oneiro_trainer::events::EventSink;
 use oneiro_trainer::imageio;
 use oneiro_trainer::mnist::{Mnist, MnistSource};
 use oneiro_trainer::store::ModelKind;
-use oneiro_trainer::vae::infer::{MAX_POINTS, VaeRunner};
+use oneiro_trainer::vae::infer::VaeRunner;
 use oneiro_trainer::vae::{VaeTrainOptions, train_vae};
 use oneiro_trainer::{ModelRecord, ModelStore};
 use tracing::info_span;
@@ -124,18 +124,14 @@ impl TrainKind for Vae {
 pub fn vae_config(p: Option<&pb::VaeConfig>, base: &VaeConfig) -> VaeConfig {
     let Some(p) = p else { return base.clone() };
     VaeConfig {
-        latent_dim: if p.latent_dim == 0 {
-            base.latent_dim
-        } else {
-            p.latent_dim as usize
-        },
+        latent_dim: p.latent_dim.map_or(base.latent_dim, |d| d as usize),
         kl_weight: p.kl_weight.map_or(base.kl_weight, f64::from),
     }
 }
 
 pub fn vae_to_proto(c: &VaeConfig) -> pb::VaeConfig {
     pb::VaeConfig {
-        latent_dim: c.latent_dim as u32,
+        latent_dim: Some(c.latent_dim as u32),
         kl_weight: Some(c.kl_weight as f32),
     }
 }
@@ -143,9 +139,9 @@ pub fn vae_to_proto(c: &VaeConfig) -> pb::VaeConfig {
 pub fn vae_train_options(p: Option<&pb::TrainOptions>) -> VaeTrainOptions {
     let d = VaeTrainOptions::default();
     let Some(p) = p else { return d };
-    let or = |v: u32, d: usize| if v == 0 { d } else { v as usize };
+    let or = |v: Option<u32>, d: usize| v.map_or(d, |v| v as usize);
     VaeTrainOptions {
-        epochs: if p.epochs == 0 { d.epochs } else { p.epochs },
+        epochs: p.epochs.unwrap_or(d.epochs),
         batch_size: or(p.batch_size, d.batch_size),
         learning_rate: p.learning_rate.map(f64::from),
         seed: p.seed,
@@ -212,28 +208,16 @@ pub fn digit_from_bytes(bytes: &[u8], what: &str) -> Result<Vec<f32>, ServiceErr
     Ok(imageio::to_grey_square(&img, SIDE as u32))
 }
 
+// The requests' numbers are in range already (validate.rs).
+
 pub fn grid(req: &pb::VaeGridRequest) -> Result<VaeWork<pb::Image>, ServiceError> {
-    let size = if req.size == 0 {
-        DEFAULT_GRID
-    } else {
-        req.size
-    };
-    if size > 64 {
-        return Err(invalid(format!("grid size must be 1 to 64, got {size}")));
-    }
-    let size = size as usize;
+    let size = req.size.unwrap_or(DEFAULT_GRID) as usize;
     Ok(Box::new(move |runner| {
         png(&runner.grid(size)?, size * SIDE)
     }))
 }
 
 pub fn decode(req: &pb::VaeDecodeRequest) -> Result<VaeWork<pb::VaeDecodeResponse>, ServiceError> {
-    if req.points.is_empty() || req.points.len() > MAX_POINTS {
-        return Err(invalid(format!(
-            "give 1 to {MAX_POINTS} latent points, not {}",
-            req.points.len()
-        )));
-    }
     let points: Vec<Vec<f32>> = req.points.iter().map(|p| p.values.clone()).collect();
     Ok(Box::new(move |runner| {
         Ok(pb::VaeDecodeResponse {
@@ -247,17 +231,11 @@ pub fn decode(req: &pb::VaeDecodeRequest) -> Result<VaeWork<pb::VaeDecodeRespons
 }
 
 pub fn encode(req: &pb::VaeEncodeRequest) -> Result<VaeWork<pb::VaeEncodeResponse>, ServiceError> {
-    if req.images.is_empty() || req.images.len() > MAX_POINTS {
-        return Err(invalid(format!(
-            "give 1 to {MAX_POINTS} images, not {}",
-            req.images.len()
-        )));
-    }
     let images: Vec<Vec<f32>> = req
         .images
         .iter()
         .enumerate()
-        .map(|(i, b)| digit_from_bytes(b, &format!("image {i}")))
+        .map(|(i, b)| digit_from_bytes(b, &format!("images[{i}]")))
         .collect::<Result<_, _>>()?;
     Ok(Box::new(move |runner| {
         Ok(pb::VaeEncodeResponse {
@@ -270,9 +248,6 @@ pub fn concept(
     req: &pb::VaeConceptRequest,
 ) -> Result<VaeWork<pb::VaeConceptResponse>, ServiceError> {
     let amount = req.amount.unwrap_or(1.0);
-    if !amount.is_finite() {
-        return Err(invalid(format!("amount must be finite, got {amount}")));
-    }
     let vector = req.vector.as_ref().map(|v| v.values.clone());
     if vector.is_none() && req.from_class == req.to_class {
         return Err(invalid(format!(
@@ -283,7 +258,7 @@ pub fn concept(
     let image = if req.image.is_empty() {
         None
     } else {
-        Some(digit_from_bytes(&req.image, "the image")?)
+        Some(digit_from_bytes(&req.image, "image")?)
     };
     let (from, to) = (req.from_class, req.to_class);
     Ok(Box::new(move |runner| {
@@ -308,21 +283,10 @@ pub fn concept(
 }
 
 pub fn morph(req: &pb::VaeMorphRequest) -> Result<VaeWork<pb::VaeMorphResponse>, ServiceError> {
-    let frames = if req.frames == 0 {
-        DEFAULT_FRAMES
-    } else {
-        req.frames
-    };
-    if !(2..=256).contains(&frames) {
-        return Err(invalid(format!("frames must be 2 to 256, got {frames}")));
-    }
-    let ms = if req.frame_ms == 0 {
-        DEFAULT_FRAME_MS
-    } else {
-        req.frame_ms
-    };
-    let from = digit_from_bytes(&req.from_image, "the first image")?;
-    let to = digit_from_bytes(&req.to_image, "the second image")?;
+    let frames = req.frames.unwrap_or(DEFAULT_FRAMES);
+    let ms = req.frame_ms.unwrap_or(DEFAULT_FRAME_MS);
+    let from = digit_from_bytes(&req.from_image, "from_image")?;
+    let to = digit_from_bytes(&req.to_image, "to_image")?;
     let (frames, gif_frame_ms) = (frames as usize, req.gif.then_some(ms));
     Ok(Box::new(move |runner| {
         let images = runner.morph(&from, &to, frames)?;
