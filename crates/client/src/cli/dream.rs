@@ -69,7 +69,8 @@ pub struct DreamArgs {
     /// Seed for --random-layers and --random-weights.
     #[arg(long)]
     seed: Option<u64>,
-    /// Scales processed, the original included [3].
+    /// Scales processed, the original included [4: the original and three smaller, as
+    /// in the book].
     #[arg(long)]
     octaves: Option<u32>,
     /// Size ratio between successive octaves [1.4].

@@ -50,7 +50,8 @@ impl Default for DreamOptions {
             step: 0.01,
             iterations: 20,
             max_loss: 10.0,
-            octaves: 3,
+            // SPEC §2: the original size and three smaller ones, H / 1.4^i for i = 1..3.
+            octaves: 4,
             octave_scale: 1.4,
         }
     }
@@ -296,6 +297,12 @@ mod tests {
             vec![(204, 306), (285, 428), (400, 600)]
         );
         assert_eq!(octave_shapes(99, 77, 1, 1.4), vec![(99, 77)]);
+        // The defaults: the original and three smaller scales, smallest first.
+        let d = DreamOptions::default();
+        assert_eq!(
+            octave_shapes(400, 300, d.octaves, d.octave_scale),
+            vec![(145, 109), (204, 153), (285, 214), (400, 300)]
+        );
     }
 
     #[test]
