@@ -411,4 +411,69 @@ mod tests {
             .to_string();
         assert!(e.contains("30x30") && e.contains("needs"), "{e}");
     }
+
+    /// A seeded random InceptionV3 keeps its activations at a unit scale through the
+    /// network (He-initialised convolutions, identity batch-norm), so the book's defaults
+    /// (max_loss 10) leave room to climb: every octave runs several iterations and the
+    /// picture changes. What `oneiro dream --random-weights` shows offline.
+    #[test]
+    fn a_default_dream_with_random_weights_climbs_in_every_octave() {
+        let dev = Device::Cpu;
+        let net = InceptionV3::load(
+            &oneiro_models::Weights::Seeded(0),
+            oneiro_models::inception_v3::INCEPTION_BN_EPS,
+            &dev,
+        )
+        .unwrap();
+        let (h, w) = (150, 200);
+        let mut rgb = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                let v = 0.5 + 0.3 * ((x as f32 * 0.11).sin() * (y as f32 * 0.07).cos());
+                let t = if (x / 7 + y / 5) % 2 == 0 { 0.1 } else { -0.1 };
+                rgb.extend([v + t, 1.0 - v, 0.4 + t]);
+            }
+        }
+        let image = Planes::from_rgb01(&rgb, w, h);
+        let x = Tensor::from_vec(
+            image.data.iter().map(|v| v * 2.0 - 1.0).collect(),
+            (1, 3, h, w),
+            &dev,
+        )
+        .unwrap();
+        for layer in 0..=10 {
+            let d = Dreamer::new(
+                &net,
+                Preprocessing::Inception,
+                &[(format!("mixed{layer}"), 1.0)],
+                &dev,
+            )
+            .unwrap();
+            let ms = d.loss(&x).unwrap().to_scalar::<f32>().unwrap();
+            assert!((0.02..2.0).contains(&ms), "mixed{layer}: mean square {ms}");
+        }
+        let opts = DreamOptions::default();
+        let dreamer = Dreamer::new(&net, Preprocessing::Inception, &opts.layers, &dev).unwrap();
+        let mut steps = vec![0; opts.octaves];
+        let out = dreamer
+            .dream(&image, &opts, &mut |e| {
+                if let DreamEvent::Step { octave, .. } = e {
+                    steps[octave] += 1;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(
+            steps.iter().all(|&n| n > 1),
+            "iterations per octave: {steps:?}"
+        );
+        let change = out
+            .data
+            .iter()
+            .zip(&image.data)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / image.data.len() as f32;
+        assert!(change > 0.01, "mean change {change} of pixels in [0, 1]");
+    }
 }
