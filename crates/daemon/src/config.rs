@@ -42,6 +42,8 @@ pub struct DaemonConfig {
     pub weights_root: Option<PathBuf>,
     /// Largest image (width × height) DeepDream and style transfer accept.
     pub max_image_pixels: u64,
+    /// What this engine is, as the state directory's lock tells other processes.
+    pub role: crate::lock::Role,
 }
 
 #[derive(Clone, Debug)]
@@ -91,6 +93,7 @@ impl DaemonConfig {
             // 2048² pixels: a DeepDream iteration on the CPU at that size takes seconds;
             // larger is possible, but should be a deliberate setting.
             max_image_pixels: 1 << 22,
+            role: crate::lock::Role::Daemon,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod convert;
 pub mod device;
 pub mod error;
 pub mod jobs;
+pub mod lock;
 pub mod metrics;
 pub mod residency;
 pub mod rpc;

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::config::{DaemonConfig, Secret};
 use crate::error::ServiceError;
 use crate::jobs::JobManager;
+use crate::lock::StateLock;
 use crate::metrics::{Gauges, Metrics};
 use crate::rpc::OneiroService;
 use crate::worker;
@@ -74,6 +75,16 @@ async fn serve_inner(
     shutdown: impl Future<Output = ()> + Send,
     on_ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
+    // Before anything reads the directory: a second engine must not open its jobs (and
+    // mark the first one's running jobs interrupted) or write its checkpoints.
+    let mut lock = StateLock::acquire(&config.state_dir, config.role)?;
+    lock.serving(listener.local_addr()?, config.tls.is_some())
+        .with_context(|| {
+            format!(
+                "cannot write {}",
+                config.state_dir.join(crate::lock::LOCK_FILE).display()
+            )
+        })?;
     let store = Arc::new(ModelStore::open(&config.state_dir).with_context(|| {
         format!(
             "cannot open the state directory {}",
@@ -210,6 +221,7 @@ async fn serve_inner(
     if tokio::time::timeout(deadline, joined).await.is_err() {
         warn!("the worker did not stop within the deadline");
     }
+    drop(lock);
     Ok(())
 }
 

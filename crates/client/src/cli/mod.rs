@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use oneiro_client::{BearerToken, Client};
 use oneiro_daemon::DaemonConfig;
 use oneiro_daemon::device::DeviceSpec;
+use oneiro_daemon::lock::{self, Holder, Role};
 
 pub mod bench;
 mod dream;
@@ -109,11 +110,6 @@ impl Command {
 /// shuts an in-process engine down.
 pub async fn run(cli: Cli) -> Result<()> {
     let Cli { global: g, command } = cli;
-    if command.detaches() && g.endpoint.is_none() {
-        bail!(
-            "--detach needs --endpoint: without a daemon the engine stops when this command does"
-        );
-    }
     let token = match (&g.token, &g.token_file) {
         (Some(t), _) => BearerToken::new(t)?,
         (None, Some(f)) => {
@@ -123,15 +119,41 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         (None, None) => BearerToken::default(),
     };
-    // Without an endpoint: the engine in-process, on a loopback port only we know.
-    let (endpoint, embedded) = match &g.endpoint {
-        Some(e) => (e.clone(), None),
+    let state_dir = || {
+        g.state_dir
+            .clone()
+            .unwrap_or_else(oneiro_daemon::config::default_state_dir)
+    };
+    // Without an endpoint: the daemon that serves the state directory, if one does (two
+    // engines on one directory would overwrite each other's checkpoints); else the engine
+    // in-process, on a loopback port only we know.
+    let local_daemon = match &g.endpoint {
+        Some(_) => None,
+        None => match lock::holder_of(&state_dir()) {
+            Some(Holder {
+                role: Role::Daemon,
+                endpoint: Some(e),
+                ..
+            }) => {
+                eprintln!(
+                    "oneiro: {} is served by oneirod at {e}; talking to it",
+                    state_dir().display()
+                );
+                Some(e)
+            }
+            _ => None,
+        },
+    };
+    if command.detaches() && g.endpoint.is_none() && local_daemon.is_none() {
+        bail!(
+            "--detach needs --endpoint: without a daemon the engine stops when this command does"
+        );
+    }
+    let (endpoint, embedded) = match g.endpoint.clone().or(local_daemon) {
+        Some(e) => (e, None),
         None => {
-            let mut config = DaemonConfig::new(
-                g.state_dir
-                    .clone()
-                    .unwrap_or_else(oneiro_daemon::config::default_state_dir),
-            );
+            let mut config = DaemonConfig::new(state_dir());
+            config.role = Role::Embedded;
             config.device = g.device;
             // This process is the user's own: weights files may be anywhere they can read.
             config.weights_root = Some(PathBuf::from("/"));
