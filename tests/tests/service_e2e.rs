@@ -160,15 +160,18 @@ async fn open_streams_are_capped_and_metrics_are_served() {
         "{body}"
     );
     assert!(
-        body.contains("oneiro_calls_total{method=\"Generate\"}"),
+        body.contains("oneiro_rpc_calls_total{service=\"oneiro.v1.Oneiro\",method=\"Generate\"} 4"),
         "{body}"
     );
     assert!(
-        body.contains("oneiro_errors_total{code=\"resource_exhausted\"} "),
+        body.contains("oneiro_rpc_errors_total{service=\"oneiro.v1.Oneiro\",method=\"Generate\",code=\"resource_exhausted\"} "),
         "{body}"
     );
     assert!(body.contains("oneiro_train_steps_total"), "{body}");
-    assert!(body.contains("oneiro_queue_jobs 0"), "{body}");
+    assert!(
+        body.contains("oneiro_queue_jobs{device=\"cpu\"} 0"),
+        "{body}"
+    );
     drop(client);
     daemon.shutdown().await.unwrap();
 }

@@ -18,7 +18,7 @@ use crate::config::{DaemonConfig, Secret};
 use crate::error::ServiceError;
 use crate::jobs::JobManager;
 use crate::lock::StateLock;
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{Gauges, Metrics, RpcMetricsLayer};
 use crate::rpc::OneiroService;
 use crate::worker;
 use tonic::codegen::http;
@@ -165,29 +165,8 @@ async fn serve_inner(
     let server = builder
         .layer(
             tower::ServiceBuilder::new()
-                .map_request({
-                    let m = metrics.clone();
-                    move |req: http::Request<tonic::body::Body>| {
-                        m.call(req.uri().path().rsplit('/').next().unwrap_or(""));
-                        req
-                    }
-                })
-                // Calls refused before any message (validation, admission, auth) carry
-                // their status in the response headers.
-                .map_response({
-                    let m = metrics.clone();
-                    move |resp: http::Response<
-                        tonic::service::interceptor::ResponseBody<tonic::body::Body>,
-                    >| {
-                        let code = resp
-                            .headers()
-                            .get("grpc-status")
-                            .and_then(|v| v.to_str().ok()?.parse::<i32>().ok());
-                        if let Some(code) = code.filter(|c| *c != 0) {
-                            m.error(tonic::Code::from(code));
-                        }
-                        resp
-                    }
+                .layer(RpcMetricsLayer {
+                    metrics: metrics.clone(),
                 })
                 .layer(tonic::service::InterceptorLayer::new(auth)),
         )

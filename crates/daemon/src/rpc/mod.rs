@@ -103,11 +103,21 @@ impl OneiroService {
         let (queued, depth) = (self.worker.queue_probe(), self.worker.queue_depth());
         let (jobs, streams) = (self.jobs.clone(), self.streams.clone());
         let max = self.config.max_streams.max(1);
-        move || Gauges {
-            queued: queued(),
-            queue_depth: depth,
-            active_jobs: jobs.active_count(),
-            open_streams: max - streams.available_permits(),
+        let (device, residency) = (self.worker.device.clone(), self.worker.residency.clone());
+        move || {
+            let (resident_bytes, memory_budget_bytes) = {
+                let r = residency.lock().expect("residency snapshot poisoned");
+                (r.bytes, r.budget)
+            };
+            Gauges {
+                device: device.clone(),
+                resident_bytes,
+                memory_budget_bytes,
+                queued: queued(),
+                queue_depth: depth,
+                active_jobs: jobs.active_count(),
+                open_streams: max - streams.available_permits(),
+            }
         }
     }
 

@@ -14,7 +14,6 @@ pub mod vae;
 
 use std::any::Any;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use oneiro_proto::v1 as pb;
 use oneiro_trainer::events::{EventSink, Stop};
@@ -284,10 +283,7 @@ struct JobSink<'a> {
 impl EventSink for JobSink<'_> {
     fn send(&mut self, event: TrainEvent) -> Result<(), Stop> {
         if let TrainEvent::Batch { rate, .. } = &event {
-            self.metrics.train_steps.fetch_add(1, Ordering::Relaxed);
-            self.metrics
-                .sequences_per_second
-                .store(rate.to_bits() as u64, Ordering::Relaxed);
+            self.metrics.train_step(*rate);
         }
         if let Some(e) = convert::train_event(event).event {
             self.job.publish(e);

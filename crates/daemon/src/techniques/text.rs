@@ -248,7 +248,7 @@ impl Generation {
         let length = self.length;
         let drawn =
             generator.generate(&seed_ids, self.temperature, length, &mut rng, &mut |c| {
-                metrics.generated_chars.fetch_add(1, Ordering::Relaxed);
+                metrics.generated_char();
                 pending.push(c);
                 if pending.len() >= 256 || last_flush.elapsed() >= FLUSH_EVERY {
                     last_flush = Instant::now();

@@ -69,6 +69,8 @@ pub struct Command {
     pub uses: Option<String>,
     pub work: Work,
     pub outcome: Box<dyn Outcome>,
+    /// When it was queued, for the queue-wait histogram.
+    pub queued_at: Instant,
 }
 
 impl Command {
@@ -85,6 +87,7 @@ impl Command {
             uses,
             work: Box::new(work),
             outcome: Box::new(outcome),
+            queued_at: Instant::now(),
         }
     }
 }
@@ -293,7 +296,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(depth);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let stopping = Arc::new(AtomicBool::new(false));
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new());
     let (stopping_w, metrics_w) = (stopping.clone(), metrics.clone());
     let thread = std::thread::Builder::new()
         .name(format!("oneiro-worker-{spec}"))
@@ -350,8 +353,11 @@ fn guarded(ctx: &mut DeviceContext, command: Command) {
         uses,
         work,
         outcome,
+        queued_at,
     } = command;
     let _g = span.enter();
+    ctx.metrics
+        .queue_waited(&device_name(&ctx.device), queued_at.elapsed());
     if outcome.abandoned() {
         return;
     }
