@@ -47,7 +47,7 @@ pub struct GanTrainArgs {
     #[arg(long, default_value = "uoft-cs/cifar10")]
     hub_repo: String,
     /// The daemon uses only its hub cache.
-    #[arg(long, env = "ONEIRO_OFFLINE")]
+    #[arg(long, env = "ONEIRO_OFFLINE", value_parser = clap::builder::BoolishValueParser::new())]
     offline: bool,
     /// CIFAR-10 class (6 is frog).
     #[arg(long, default_value_t = 6)]

@@ -36,7 +36,7 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "corpus")]
     server_corpus: Option<String>,
     /// Never download the default corpus.
-    #[arg(long, env = "ONEIRO_OFFLINE")]
+    #[arg(long, env = "ONEIRO_OFFLINE", value_parser = clap::builder::BoolishValueParser::new())]
     offline: bool,
     #[arg(long, default_value_t = 1)]
     epochs: u32,

@@ -90,7 +90,7 @@ pub struct VaeTrainArgs {
     #[arg(long, default_value = "ylecun/mnist", conflicts_with_all = ["data", "server_data"])]
     hub_repo: String,
     /// The daemon uses only its hub cache.
-    #[arg(long, env = "ONEIRO_OFFLINE")]
+    #[arg(long, env = "ONEIRO_OFFLINE", value_parser = clap::builder::BoolishValueParser::new())]
     offline: bool,
     #[arg(long, default_value_t = 10)]
     epochs: u32,
