@@ -17,6 +17,10 @@ struct Daemon {
 impl Daemon {
     /// Starts `oneirod` on a free loopback port and waits until it serves.
     fn start(state: &std::path::Path) -> Daemon {
+        Self::start_with(state, &[])
+    }
+
+    fn start_with(state: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_oneirod"))
             .args([
                 "--listen",
@@ -29,6 +33,7 @@ impl Daemon {
             .arg("--state-dir")
             .arg(state)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -219,4 +224,54 @@ async fn sigterm_mid_training_checkpoints_and_the_job_resumes() {
     );
     drop((stream, client, daemon));
     resume_after_restart(state.path(), &job, ck, 2).await;
+}
+
+/// With backtraces switched on in the daemon's environment (candle then attaches one to
+/// its errors), a client still gets the message alone: no frames, no source paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_reach_clients_without_backtraces_whatever_the_environment() {
+    let state = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with(
+        state.path(),
+        &[("RUST_BACKTRACE", "1"), ("RUST_LIB_BACKTRACE", "1")],
+    );
+    let mut client = Client::connect(&daemon.endpoint).await.unwrap();
+    let mut png = Vec::new();
+    for y in 0..160u32 {
+        for x in 0..160u32 {
+            png.push(((x ^ y) % 7) as f32 / 7.0);
+        }
+    }
+    let req = pb::DreamRequest {
+        image: oneiro_trainer_png(&png, 160),
+        layers: vec![pb::DreamLayer {
+            name: "mixed99".into(),
+            weight: 1.0,
+        }],
+        weights: Some(pb::BackboneWeights {
+            source: Some(pb::backbone_weights::Source::RandomSeed(1)),
+            preprocessing: String::new(),
+        }),
+        ..Default::default()
+    };
+    let err = match client.dream(req).await {
+        Err(oneiro_client::ClientError::Status(s)) => s,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let m = err.message();
+    assert!(m.contains("mixed99"), "{m}");
+    assert!(
+        !m.contains("backtrace") && !m.contains(".rs:") && !m.contains('\n'),
+        "internals reached the client: {m}"
+    );
+}
+
+/// A grey PNG, encoded with the image crate the daemon decodes with.
+fn oneiro_trainer_png(grey: &[f32], side: u32) -> Vec<u8> {
+    let bytes: Vec<u8> = grey.iter().map(|v| (v * 255.0) as u8).collect();
+    let img = image::GrayImage::from_raw(side, side, bytes).unwrap();
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
 }
