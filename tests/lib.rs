@@ -59,3 +59,51 @@ pub fn picture(w: u32, h: u32, phase: f32) -> Vec<u8> {
     }
     oneiro_trainer::imageio::encode_png(&px, w, h, 3).expect("encodable")
 }
+
+/// A loopback address nobody listens on now (for a metrics endpoint).
+pub fn free_addr() -> std::net::SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    probe.local_addr().expect("bound")
+}
+
+/// The whole HTTP response of `GET /metrics` at `addr`.
+pub fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("the metrics endpoint answers");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .expect("request sent");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("response read");
+    body
+}
+
+/// The services a reflection service lists, asked through reflection version `$v`
+/// (`v1` or `v1alpha`) on `$channel`.
+#[macro_export]
+macro_rules! list_services {
+    ($v:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$v::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let mut refl = ServerReflectionClient::new($channel);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = refl
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(MessageResponse::ListServicesResponse(list)) =
+            resp.message().await.unwrap().unwrap().message_response
+        else {
+            panic!("expected a service list")
+        };
+        list.service
+            .into_iter()
+            .map(|s| s.name)
+            .collect::<Vec<String>>()
+    }};
+}

@@ -2,22 +2,12 @@
 //! services' descriptors, as the daemon's does): every call counted, every call timed,
 //! and an error that ends a stream after it started counted by method and code.
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use oneiro_client::pb::{self, oneiro_client::OneiroClient};
 use oneiro_daemon::metrics::rpcs_of;
-use oneiro_e2e::start;
+use oneiro_e2e::{free_addr, scrape, start};
 use tonic::transport::Channel;
-
-fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
 
 /// The value of the sample line that starts with `prefix`, if any.
 fn sample(body: &str, prefix: &str) -> Option<f64> {
@@ -73,9 +63,7 @@ async fn call_empty(client: &mut OneiroClient<Channel>, method: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_and_time_every_rpc_including_errors_mid_stream() {
     let state = tempfile::tempdir().unwrap();
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let metrics_addr = probe.local_addr().unwrap();
-    drop(probe);
+    let metrics_addr = free_addr();
     let daemon = start(state.path(), |c| {
         c.metrics_listen = Some(metrics_addr);
         c.hub.offline = true;
@@ -108,27 +96,12 @@ async fn metrics_count_and_time_every_rpc_including_errors_mid_stream() {
     watch.message().await.unwrap();
     drop(watch);
     // Reflection, both versions.
-    macro_rules! list_services {
-        ($v:ident) => {{
-            use tonic_reflection::pb::$v::{
-                ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-                server_reflection_request::MessageRequest,
-            };
-            let mut r = ServerReflectionClient::new(channel.clone());
-            let req = ServerReflectionRequest {
-                host: String::new(),
-                message_request: Some(MessageRequest::ListServices(String::new())),
-            };
-            let mut s = r
-                .server_reflection_info(tokio_stream::iter(vec![req]))
-                .await
-                .unwrap()
-                .into_inner();
-            while s.message().await.unwrap().is_some() {}
-        }};
+    for listed in [
+        oneiro_e2e::list_services!(v1, channel.clone()),
+        oneiro_e2e::list_services!(v1alpha, channel.clone()),
+    ] {
+        assert!(listed.iter().any(|s| s == "oneiro.v1.Oneiro"), "{listed:?}");
     }
-    list_services!(v1);
-    list_services!(v1alpha);
 
     // An error after the stream began: the model is looked up on the device, so the
     // response has started when NOT_FOUND arrives (in the trailers).

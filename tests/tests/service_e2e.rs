@@ -1,11 +1,10 @@
 //! Residency, limits, metrics and a bounded load test, against a real daemon on
 //! 127.0.0.1:0.
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use oneiro_client::{Client, ClientError, pb};
-use oneiro_e2e::{SENTENCE, code, start};
+use oneiro_e2e::{SENTENCE, code, free_addr, scrape, start};
 use tonic::Code;
 
 async fn train_small(client: &mut Client, model: &str) {
@@ -103,9 +102,7 @@ async fn a_memory_budget_unloads_the_least_recently_used_model() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_streams_are_capped_and_metrics_are_served() {
     let state = tempfile::tempdir().unwrap();
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let metrics_addr = probe.local_addr().unwrap();
-    drop(probe);
+    let metrics_addr = free_addr();
     let daemon = start(state.path(), |c| {
         c.max_streams = 1;
         c.metrics_listen = Some(metrics_addr);
@@ -145,16 +142,9 @@ async fn open_streams_are_capped_and_metrics_are_served() {
     }
     assert_eq!(ok.expect("a stream slot frees up").chars().count(), 5);
 
-    let body = tokio::task::spawn_blocking(move || {
-        let mut s = std::net::TcpStream::connect(metrics_addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        body
-    })
-    .await
-    .unwrap();
+    let body = tokio::task::spawn_blocking(move || scrape(metrics_addr))
+        .await
+        .unwrap();
     assert!(
         body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
         "{body}"

@@ -468,35 +468,10 @@ async fn a_corpus_can_be_read_from_the_servers_disk_and_reflection_lists_the_api
     }
 
     // Both reflection versions list the API: v1, and v1alpha for the tools that ask only it.
-    macro_rules! services {
-        ($v:ident) => {{
-            use tonic_reflection::pb::$v::{
-                ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-                server_reflection_request::MessageRequest,
-                server_reflection_response::MessageResponse,
-            };
-            let mut refl = ServerReflectionClient::new(channel(&daemon).await);
-            let req = ServerReflectionRequest {
-                host: String::new(),
-                message_request: Some(MessageRequest::ListServices(String::new())),
-            };
-            let mut resp = refl
-                .server_reflection_info(tokio_stream::iter(vec![req]))
-                .await
-                .unwrap()
-                .into_inner();
-            let Some(MessageResponse::ListServicesResponse(list)) =
-                resp.message().await.unwrap().unwrap().message_response
-            else {
-                panic!("expected a service list")
-            };
-            list.service
-                .into_iter()
-                .map(|s| s.name)
-                .collect::<Vec<String>>()
-        }};
-    }
-    for names in [services!(v1), services!(v1alpha)] {
+    for names in [
+        oneiro_e2e::list_services!(v1, channel(&daemon).await),
+        oneiro_e2e::list_services!(v1alpha, channel(&daemon).await),
+    ] {
         for service in [
             "oneiro.v1.Oneiro",
             "grpc.health.v1.Health",

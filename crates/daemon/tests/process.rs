@@ -1,9 +1,10 @@
 //! The `oneirod` binary as a process: killed hard, or asked to stop, in the middle of a
 //! training; restarted on the same state directory, the job resumes from its last
-//! checkpoint.
+//! checkpoint. One engine per state directory, with the `oneiro` CLI beside it.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use oneiro_client::{Client, pb};
@@ -21,18 +22,7 @@ impl Daemon {
     }
 
     fn start_with(state: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_oneirod"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--device",
-                "cpu",
-                "--shutdown-timeout-secs",
-                "20",
-            ])
-            .arg("--state-dir")
-            .arg(state)
-            .env("RUST_LOG", "info")
+        let mut child = oneirod(state)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -54,6 +44,24 @@ impl Daemon {
             endpoint: format!("http://{addr}"),
         }
     }
+}
+
+/// `oneirod` on a free loopback port over `state`.
+fn oneirod(state: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_oneirod"));
+    c.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--device",
+        "cpu",
+        "--shutdown-timeout-secs",
+        "20",
+    ])
+    .arg("--state-dir")
+    .arg(state)
+    .env("RUST_LOG", "info")
+    .env_remove("ONEIRO_ENDPOINT");
+    c
 }
 
 impl Drop for Daemon {
@@ -274,4 +282,86 @@ fn oneiro_trainer_png(grey: &[f32], side: u32) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
     out.into_inner()
+}
+
+/// The `oneiro` CLI, built beside `oneirod` (a workspace build has it already).
+fn oneiro_cli() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_oneirod"))
+        .with_file_name(format!("oneiro{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "oneiro-client", "--bin", "oneiro"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the oneiro CLI failed");
+    }
+    path
+}
+
+/// Runs the CLI without `--endpoint` over `state`, as a user on the daemon's machine.
+fn cli(state: &Path, args: &[&str]) -> Output {
+    Command::new(oneiro_cli())
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--device", "cpu"])
+        .args(args)
+        .env_remove("ONEIRO_ENDPOINT")
+        .env_remove("ONEIRO_TOKEN")
+        .env_remove("ONEIRO_TOKEN_FILE")
+        .env("ONEIRO_OFFLINE", "1")
+        .output()
+        .expect("oneiro runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `oneirod` holds its state directory: the CLI on it talks to the daemon instead of
+/// opening a second engine, a second daemon is refused naming the first, and a SIGKILL
+/// leaves no stale lock behind.
+#[test]
+fn one_engine_per_state_directory() {
+    let state = tempfile::tempdir().unwrap();
+    let mut first = Daemon::start(state.path());
+
+    let out = cli(state.path(), &["models", "list", "--json"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("served by oneirod at {}", first.endpoint)),
+        "{stderr}"
+    );
+
+    let second = oneirod(state.path()).output().expect("oneirod runs");
+    let err = text(&second.stderr) + &text(&second.stdout);
+    assert!(!second.status.success(), "a second daemon started: {err}");
+    assert!(
+        err.contains(&format!("in use by oneirod (pid {})", first.child.id()))
+            && err.contains(&first.endpoint),
+        "{err}"
+    );
+
+    // SIGKILL: no shutdown path runs; the kernel alone releases the lock.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let third = Daemon::start(state.path());
+    let out = cli(state.path(), &["info"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&third.endpoint),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(third);
+
+    // With no daemon left, the CLI runs its own engine and says nothing about one.
+    let out = cli(state.path(), &["models", "list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("oneirod"),
+        "{}",
+        text(&out.stderr)
+    );
 }
