@@ -204,7 +204,7 @@ async fn serve_inner(
     Ok(())
 }
 
-/// Serves `/metrics` (Prometheus text format) on `addr`.
+/// Serves `/metrics` (OpenMetrics text, as prometheus-client encodes it) on `addr`.
 async fn serve_metrics(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
@@ -217,7 +217,10 @@ async fn serve_metrics(
             let text = metrics.render(&gauges());
             async move {
                 (
-                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     text,
                 )
             }
