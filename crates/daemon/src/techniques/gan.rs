@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tracing::info_span;
 
-use super::{ResolvedData, TrainKind, ensure_kind_model, resident};
+use super::{ResolvedData, TrainKind, count_or, ensure_kind_model, resident};
 use crate::config::DaemonConfig;
 use crate::error::ServiceError;
 use crate::jobs::{Job, JobData, TrainPlan};
@@ -131,14 +131,13 @@ impl TrainKind for Gan {
 
 pub fn gan_config(p: Option<&pb::GanConfig>, base: &GanConfig) -> GanConfig {
     let Some(p) = p else { return base.clone() };
-    let or = |v: Option<u32>, d: usize| v.map_or(d, |v| v as usize);
     GanConfig {
-        latent_dim: or(p.latent_dim, base.latent_dim),
+        latent_dim: count_or(p.latent_dim, base.latent_dim),
         dropout: p.dropout.map_or(base.dropout, f64::from),
         leaky_slope: p.leaky_slope.map_or(base.leaky_slope, f64::from),
-        generator_seed_channels: or(p.generator_seed_channels, base.generator_seed_channels),
-        generator_channels: or(p.generator_channels, base.generator_channels),
-        discriminator_channels: or(p.discriminator_channels, base.discriminator_channels),
+        generator_seed_channels: count_or(p.generator_seed_channels, base.generator_seed_channels),
+        generator_channels: count_or(p.generator_channels, base.generator_channels),
+        discriminator_channels: count_or(p.discriminator_channels, base.discriminator_channels),
     }
 }
 
@@ -156,17 +155,16 @@ pub fn gan_to_proto(c: &GanConfig) -> pb::GanConfig {
 pub fn gan_train_options(p: Option<&pb::TrainOptions>) -> GanTrainOptions {
     let d = GanTrainOptions::default();
     let Some(p) = p else { return d };
-    let or = |v: Option<u32>, d: usize| v.map_or(d, |v| v as usize);
     GanTrainOptions {
         steps: p.steps.unwrap_or(d.steps),
-        batch_size: or(p.batch_size, d.batch_size),
+        batch_size: count_or(p.batch_size, d.batch_size),
         discriminator_lr: p.discriminator_lr.map_or(d.discriminator_lr, f64::from),
         generator_lr: p.generator_lr.map_or(d.generator_lr, f64::from),
         clip_value: p.clip_value.map_or(d.clip_value, |c| f64::from(c).max(0.0)),
         decay: p.decay.unwrap_or(d.decay),
         seed: p.seed,
         sample_every: p.sample_every.unwrap_or(d.sample_every),
-        sample_count: or(p.sample_count, d.sample_count),
+        sample_count: count_or(p.sample_count, d.sample_count),
     }
 }
 

@@ -30,6 +30,18 @@ use crate::jobs::{Job, JobData, JobState, TrainPlan};
 use crate::metrics::Metrics;
 use crate::worker::{Command, DeviceContext, Loaded, Outcome};
 
+/// A count from the request, or the book's when unset (the range is checked already:
+/// validate.rs).
+pub(crate) fn count_or(v: Option<u32>, default: usize) -> usize {
+    v.map_or(default, |v| v as usize)
+}
+
+/// The trainer's divergence factor from the wire's: 0 is proto3's "unset" (the default),
+/// a negative factor switches the guard off (0 for the trainer).
+pub(crate) fn divergence_factor(wire: f32, default: f32) -> f32 {
+    if wire == 0.0 { default } else { wire.max(0.0) }
+}
+
 /// A training data set already loaded (and checked) by the RPC layer, handed to the
 /// device with the job; a resumed job loads it again from its plan.
 pub type Preloaded = Arc<dyn Any + Send + Sync>;

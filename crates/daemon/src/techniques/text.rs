@@ -18,7 +18,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tracing::info_span;
 
-use super::{ResolvedData, TrainKind, ensure_kind_model, resident};
+use super::{ResolvedData, TrainKind, count_or, divergence_factor, ensure_kind_model, resident};
 use crate::config::DaemonConfig;
 use crate::error::ServiceError;
 use crate::jobs::{Job, JobData, TrainPlan};
@@ -114,11 +114,10 @@ impl TrainKind for Text {
 /// A full config from a partial one: unset fields take `base`'s values.
 pub fn char_lstm_config(p: Option<&pb::CharLstmConfig>, base: &CharLstmConfig) -> CharLstmConfig {
     let Some(p) = p else { return base.clone() };
-    let or = |v: Option<u32>, d: usize| v.map_or(d, |v| v as usize);
     CharLstmConfig {
-        maxlen: or(p.maxlen, base.maxlen),
-        step: or(p.step, base.step),
-        hidden: or(p.hidden, base.hidden),
+        maxlen: count_or(p.maxlen, base.maxlen),
+        step: count_or(p.step, base.step),
+        hidden: count_or(p.hidden, base.hidden),
         lowercase: p.lowercase.unwrap_or(base.lowercase),
     }
 }
@@ -151,12 +150,7 @@ pub fn train_options(p: Option<&pb::TrainOptions>) -> TextTrainOptions {
         },
         sample_length: p.sample_length.map_or(d.sample_length, |l| l as usize),
         checkpoint_every_steps: p.checkpoint_every_steps,
-        // Zero is "unset" in proto3: the default; a negative factor switches it off.
-        divergence_factor: if p.divergence_factor == 0.0 {
-            d.divergence_factor
-        } else {
-            p.divergence_factor.max(0.0)
-        },
+        divergence_factor: divergence_factor(p.divergence_factor, d.divergence_factor),
     }
 }
 

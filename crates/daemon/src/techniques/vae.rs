@@ -16,7 +16,7 @@ use oneiro_trainer::vae::{VaeTrainOptions, train_vae};
 use oneiro_trainer::{ModelRecord, ModelStore};
 use tracing::info_span;
 
-use super::{ResolvedData, TrainKind, ensure_kind_model, resident};
+use super::{ResolvedData, TrainKind, count_or, divergence_factor, ensure_kind_model, resident};
 use crate::config::DaemonConfig;
 use crate::error::ServiceError;
 use crate::jobs::{Job, JobData, TrainPlan};
@@ -139,10 +139,9 @@ pub fn vae_to_proto(c: &VaeConfig) -> pb::VaeConfig {
 pub fn vae_train_options(p: Option<&pb::TrainOptions>) -> VaeTrainOptions {
     let d = VaeTrainOptions::default();
     let Some(p) = p else { return d };
-    let or = |v: Option<u32>, d: usize| v.map_or(d, |v| v as usize);
     VaeTrainOptions {
         epochs: p.epochs.unwrap_or(d.epochs),
-        batch_size: or(p.batch_size, d.batch_size),
+        batch_size: count_or(p.batch_size, d.batch_size),
         learning_rate: p.learning_rate.map(f64::from),
         seed: p.seed,
         max_train_images: p.max_train_images as usize,
@@ -150,14 +149,10 @@ pub fn vae_train_options(p: Option<&pb::TrainOptions>) -> VaeTrainOptions {
         grid_size: if p.no_samples {
             0
         } else {
-            or(p.grid_size, d.grid_size)
+            count_or(p.grid_size, d.grid_size)
         },
         checkpoint_every_steps: p.checkpoint_every_steps,
-        divergence_factor: if p.divergence_factor == 0.0 {
-            d.divergence_factor
-        } else {
-            p.divergence_factor.max(0.0)
-        },
+        divergence_factor: divergence_factor(p.divergence_factor, d.divergence_factor),
     }
 }
 
